@@ -1,0 +1,26 @@
+use crate::digest::Digest;
+
+/// Everything that can go wrong in p2p-node, each naming the thing it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid digest {input:?}: {why}")]
+    BadDigest { input: String, why: String },
+    #[error("digest mismatch for {expected}: got {got}")]
+    DigestMismatch { expected: Digest, got: Digest },
+    #[error("{digest} is {known} bytes, but {offered} bytes were offered")]
+    SizeConflict { digest: Digest, known: u64, offered: u64 },
+    #[error("piece {index} of {digest} has the wrong length ({len} bytes)")]
+    BadPiece { digest: Digest, index: u32, len: u64 },
+    #[error("{digest} is {size} bytes, over the limit of {limit}")]
+    TooLarge { digest: Digest, size: u64, limit: u64 },
+    #[error("{digest} failed: {why}")]
+    Failed { digest: Digest, why: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(what: String, source: std::io::Error) -> Error {
+        Error::Io { what, source }
+    }
+}

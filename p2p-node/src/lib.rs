@@ -1,0 +1,23 @@
+//! # p2p-node: content and peers
+//!
+//! The part of Ferry that knows what a node holds and, later, who else holds it.
+//!
+//! - [`Digest`]: an OCI content digest, parsed once.
+//! - [`store::Store`]: blobs keyed by digest, complete or partly present (a sparse file plus a
+//!   piece bitmap, [`store::PIECE_SIZE`] pieces), verified by whole-blob sha256 before they are
+//!   marked complete, crash-safe, bounded by LRU eviction between watermarks.
+//!
+//! Data flow: a fetcher (in `registry-proxy`) claims missing pieces of a [`store::Partial`],
+//! fetches them from wherever it can, and writes them; readers wait for pieces and read them from
+//! disk. The store decides when a blob is complete; nobody else can.
+//!
+//! Invariants: nothing unverified is ever marked complete; a kill -9 at any moment leaves no torn
+//! piece marked present; no blob is held whole in memory; p2p-node never speaks HTTP and knows
+//! nothing of containerd or FUSE.
+
+pub mod digest;
+mod error;
+pub mod store;
+
+pub use digest::{Digest, Hasher};
+pub use error::Error;

@@ -1,0 +1,481 @@
+//! The content store: blobs keyed by digest, complete or partly present.
+//!
+//! Layout under the root:
+//! - `blobs/sha256/<hex>`: complete blobs, each verified against its digest before it got there;
+//! - `partial/<hex>.data` + `partial/<hex>.map`: a sparse file and its persisted piece bitmap;
+//! - `tmp/`: files being written, wiped at open.
+//!
+//! Invariants: only a rename after a successful whole-blob sha256 puts a file in `blobs/`; after
+//! a kill -9, [`Store::open`] keeps only bitmap-proven pieces of partial blobs; eviction (LRU,
+//! between a high and a low watermark) never removes a blob that a [`BlobReader`] or a fetch holds.
+
+mod bitmap;
+mod partial;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+pub use bitmap::Bitmap;
+pub use partial::{Partial, RangeState};
+
+use crate::digest::Digest;
+use crate::Error;
+
+/// The unit of presence, transfer and (later) sharing: 1 MiB.
+pub const PIECE_SIZE: u64 = 1 << 20;
+
+/// How much the store may hold, and when eviction starts and stops.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Total bytes of blobs (complete plus the full size of partial ones) the store may hold.
+    pub capacity: u64,
+    /// Eviction starts above `capacity * high_watermark`...
+    pub high_watermark: f64,
+    /// ...and stops at or below `capacity * low_watermark`.
+    pub low_watermark: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig { capacity: u64::MAX, high_watermark: 0.9, low_watermark: 0.8 }
+    }
+}
+
+/// What the store knows of one digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    Absent,
+    Partial { size: u64, present: u64 },
+    Complete { size: u64 },
+}
+
+/// Totals for `ferry status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Usage {
+    pub capacity: u64,
+    pub used: u64,
+    pub complete_blobs: u64,
+    pub complete_bytes: u64,
+    pub partial_blobs: u64,
+    pub partial_bytes_present: u64,
+    pub evicted_blobs: u64,
+    pub evicted_bytes: u64,
+}
+
+struct Complete {
+    size: u64,
+    last_access: SystemTime,
+    leases: usize,
+}
+
+#[derive(Default)]
+struct State {
+    complete: HashMap<Digest, Complete>,
+    partial: HashMap<Digest, Arc<Partial>>,
+    partial_access: HashMap<Digest, SystemTime>,
+    used: u64,
+    evicted_blobs: u64,
+    evicted_bytes: u64,
+}
+
+pub(crate) struct Inner {
+    root: PathBuf,
+    config: StoreConfig,
+    state: Mutex<State>,
+}
+
+/// A cloneable handle on one store directory.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.inner.root.display())
+    }
+}
+
+/// A complete blob opened for reading; while it lives, the blob is not evicted.
+#[derive(Debug)]
+pub struct BlobReader {
+    file: File,
+    size: u64,
+    digest: Digest,
+    store: Arc<Inner>,
+}
+
+impl BlobReader {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Fills `buf` from `offset`. Blocking.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.file.read_exact_at(buf, offset).map_err(|e| Error::io(format!("reading {} at {offset}", self.digest), e))
+    }
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for BlobReader {
+    fn drop(&mut self) {
+        if let Some(c) = self.store.lock().complete.get_mut(&self.digest) {
+            c.leases = c.leases.saturating_sub(1);
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inner({})", self.root.display())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+    fn data_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("partial").join(format!("{}.data", d.hex()))
+    }
+    fn map_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("partial").join(format!("{}.map", d.hex()))
+    }
+
+    /// Writes `data` to `path` through a temp file, fsync and rename, then fsyncs the folder.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.root.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
+        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+        let mut f = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
+        f.write_all(data).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("syncing", e))?;
+        fs::rename(&tmp, path).map_err(|e| io("renaming into", e))?;
+        sync_dir(path)
+    }
+
+    /// Moves a verified partial into `blobs/` and accounts it as complete.
+    fn commit_partial(&self, partial: &Partial, file: &File) -> Result<(), Error> {
+        let d = partial.digest();
+        let dest = self.blob_path(&d);
+        file.sync_all().map_err(|e| Error::io(format!("syncing {d}"), e))?;
+        fs::rename(self.data_path(&d), &dest).map_err(|e| Error::io(format!("committing {d}"), e))?;
+        sync_dir(&dest)?;
+        let _ = fs::remove_file(self.map_path(&d));
+        let mut st = self.lock();
+        st.partial.remove(&d);
+        st.partial_access.remove(&d);
+        st.complete.insert(d, Complete { size: partial.size(), last_access: SystemTime::now(), leases: 0 });
+        drop(st);
+        tracing::debug!(digest = %d, size = partial.size(), "blob verified and complete");
+        self.evict_if_needed();
+        Ok(())
+    }
+
+    fn drop_partial(&self, d: &Digest) {
+        let mut st = self.lock();
+        if let Some(p) = st.partial.remove(d) {
+            st.used = st.used.saturating_sub(p.size());
+        }
+        st.partial_access.remove(d);
+        drop(st);
+        let _ = fs::remove_file(self.data_path(d));
+        let _ = fs::remove_file(self.map_path(d));
+    }
+
+    /// Evicts least-recently-used unheld blobs from above the high to the low watermark.
+    fn evict_if_needed(&self) {
+        let cap = self.config.capacity as f64;
+        let mut st = self.lock();
+        if (st.used as f64) <= cap * self.config.high_watermark {
+            return;
+        }
+        let mut victims: Vec<(SystemTime, Digest, bool)> = st
+            .complete
+            .iter()
+            .filter(|(_, c)| c.leases == 0)
+            .map(|(d, c)| (c.last_access, *d, true))
+            .chain(
+                st.partial
+                    .iter()
+                    .filter(|(_, p)| Arc::strong_count(p) == 1 && p.is_idle())
+                    .map(|(d, _)| (st.partial_access.get(d).copied().unwrap_or(SystemTime::UNIX_EPOCH), *d, false)),
+            )
+            .collect();
+        victims.sort();
+        let low = cap * self.config.low_watermark;
+        let mut removed = Vec::new();
+        for (_, d, complete) in victims {
+            if (st.used as f64) <= low {
+                break;
+            }
+            let size = if complete {
+                st.complete.remove(&d).map(|c| c.size)
+            } else {
+                st.partial_access.remove(&d);
+                st.partial.remove(&d).map(|p| p.size())
+            };
+            let size = size.unwrap_or(0);
+            st.used = st.used.saturating_sub(size);
+            st.evicted_blobs += 1;
+            st.evicted_bytes += size;
+            removed.push((d, complete, size));
+        }
+        if (st.used as f64) > low {
+            tracing::warn!(used = st.used, capacity = self.config.capacity, "store above its low watermark: everything left is in use");
+        }
+        drop(st);
+        for (d, complete, size) in removed {
+            tracing::info!(digest = %d, size, "evicted");
+            if complete {
+                let _ = fs::remove_file(self.blob_path(&d));
+            } else {
+                let _ = fs::remove_file(self.data_path(&d));
+                let _ = fs::remove_file(self.map_path(&d));
+            }
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn sync_dir(path: &Path) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing folder {}", dir.display()), e))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, recovering from any earlier crash: temp
+    /// files are deleted, partial blobs keep only the pieces their bitmap proves.
+    pub fn open(root: impl Into<PathBuf>, config: StoreConfig) -> Result<Store, Error> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "partial", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(|e| Error::io(format!("creating {}", root.join(sub).display()), e))?;
+        }
+        let _ = fs::remove_dir_all(root.join("tmp"));
+        fs::create_dir_all(root.join("tmp")).map_err(|e| Error::io(format!("creating {}/tmp", root.display()), e))?;
+        let inner = Arc::new(Inner { root, config, state: Mutex::new(State::default()) });
+        let store = Store { inner };
+        store.recover()?;
+        store.inner.evict_if_needed();
+        Ok(store)
+    }
+
+    fn recover(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        for (name, meta) in read_dir(&inner.root.join("blobs/sha256"))? {
+            match format!("sha256:{name}").parse::<Digest>() {
+                Ok(d) => {
+                    st.used += meta.len();
+                    let last_access = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    st.complete.insert(d, Complete { size: meta.len(), last_access, leases: 0 });
+                }
+                Err(_) => tracing::warn!(file = %name, "ignoring a foreign file in the blob folder"),
+            }
+        }
+        for (name, meta) in read_dir(&inner.root.join("partial"))? {
+            let Some(hex) = name.strip_suffix(".data") else { continue };
+            let d = format!("sha256:{hex}").parse::<Digest>().ok();
+            let recovered = d.filter(|d| !st.complete.contains_key(d)).and_then(|d| {
+                let map = fs::read(inner.map_path(&d)).ok()?;
+                let (size, present) = Bitmap::decode(&map, PIECE_SIZE)?;
+                (meta.len() == size).then_some(())?;
+                let file = OpenOptions::new().read(true).write(true).open(inner.data_path(&d)).ok()?;
+                Some((d, Partial::new(d, size, file, present, Arc::downgrade(inner))))
+            });
+            match recovered {
+                Some((d, p)) => {
+                    tracing::info!(digest = %d, present = p.present_bytes(), size = p.size(), "resuming partial blob");
+                    st.used += p.size();
+                    st.partial_access.insert(d, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+                    st.partial.insert(d, Arc::new(p));
+                }
+                None => {
+                    tracing::info!(file = %name, "discarding a partial blob with no valid piece map");
+                    let _ = fs::remove_file(inner.root.join("partial").join(&name));
+                    let _ = fs::remove_file(inner.root.join("partial").join(format!("{hex}.map")));
+                }
+            }
+        }
+        // Maps whose data file is gone prove nothing.
+        for (name, _) in read_dir(&inner.root.join("partial"))? {
+            if let Some(hex) = name.strip_suffix(".map") {
+                if !inner.root.join("partial").join(format!("{hex}.data")).exists() {
+                    let _ = fs::remove_file(inner.root.join("partial").join(&name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn state(&self, d: &Digest) -> BlobState {
+        let st = self.inner.lock();
+        if let Some(c) = st.complete.get(d) {
+            BlobState::Complete { size: c.size }
+        } else if let Some(p) = st.partial.get(d) {
+            let p = p.clone();
+            drop(st);
+            BlobState::Partial { size: p.size(), present: p.present_bytes() }
+        } else {
+            BlobState::Absent
+        }
+    }
+
+    /// Opens a complete blob for reading, or `None` when it is not (or no longer) complete.
+    pub fn open_blob(&self, d: &Digest) -> Result<Option<BlobReader>, Error> {
+        {
+            let mut st = self.inner.lock();
+            let Some(c) = st.complete.get_mut(d) else { return Ok(None) };
+            c.leases += 1;
+            c.last_access = SystemTime::now();
+        }
+        let reader = |file: File| BlobReader { file, size: 0, digest: *d, store: self.inner.clone() };
+        match File::open(self.inner.blob_path(d)) {
+            Ok(file) => {
+                let mut r = reader(file);
+                r.size = r.file.metadata().map_err(|e| Error::io(format!("reading size of {d}"), e))?.len();
+                Ok(Some(r))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed behind our back: forget it.
+                let mut st = self.inner.lock();
+                if let Some(c) = st.complete.remove(d) {
+                    st.used = st.used.saturating_sub(c.size);
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                if let Some(c) = self.inner.lock().complete.get_mut(d) {
+                    c.leases = c.leases.saturating_sub(1);
+                }
+                Err(Error::io(format!("opening {d}"), e))
+            }
+        }
+    }
+
+    /// The partial blob for `d`, created with `size` if the store has no trace of it.
+    /// `Ok(None)` when `d` is already complete. A zero-size blob is committed at once.
+    pub fn begin(&self, d: &Digest, size: u64) -> Result<Option<Arc<Partial>>, Error> {
+        if size == 0 {
+            self.put(d, &[])?;
+            return Ok(None);
+        }
+        let mut st = self.inner.lock();
+        if st.complete.contains_key(d) {
+            return Ok(None);
+        }
+        if let Some(p) = st.partial.get(d) {
+            if p.size() != size {
+                return Err(Error::SizeConflict { digest: *d, known: p.size(), offered: size });
+            }
+            let p = p.clone();
+            st.partial_access.insert(*d, SystemTime::now());
+            return Ok(Some(p));
+        }
+        let path = self.inner.data_path(d);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| f.set_len(size).map(|()| f))
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let n = partial::piece_count(size);
+        let p = Arc::new(Partial::new(*d, size, file, Bitmap::new(n), Arc::downgrade(&self.inner)));
+        st.used += size;
+        st.partial.insert(*d, p.clone());
+        st.partial_access.insert(*d, SystemTime::now());
+        drop(st);
+        self.inner.evict_if_needed();
+        Ok(Some(p))
+    }
+
+    /// The partial blob for `d`, if there is one.
+    pub fn partial(&self, d: &Digest) -> Option<Arc<Partial>> {
+        self.inner.lock().partial.get(d).cloned()
+    }
+
+    /// Stores a small blob held in memory (manifests, configs) after checking its digest.
+    pub fn put(&self, d: &Digest, data: &[u8]) -> Result<(), Error> {
+        let got = Digest::of(data);
+        if got != *d {
+            return Err(Error::DigestMismatch { expected: *d, got });
+        }
+        if self.inner.lock().complete.contains_key(d) {
+            return Ok(());
+        }
+        self.inner.write_atomic(&self.inner.blob_path(d), data)?;
+        let mut st = self.inner.lock();
+        if st.complete.insert(*d, Complete { size: data.len() as u64, last_access: SystemTime::now(), leases: 0 }).is_none() {
+            st.used += data.len() as u64;
+        }
+        drop(st);
+        self.inner.evict_if_needed();
+        Ok(())
+    }
+
+    /// Reads a whole small blob (a manifest) into memory, refusing anything over `limit`.
+    pub fn read_small(&self, d: &Digest, limit: u64) -> Result<Option<Vec<u8>>, Error> {
+        let Some(r) = self.open_blob(d)? else { return Ok(None) };
+        if r.size() > limit {
+            return Err(Error::TooLarge { digest: *d, size: r.size(), limit });
+        }
+        let mut buf = vec![0; r.size() as usize];
+        r.read_at(&mut buf, 0)?;
+        Ok(Some(buf))
+    }
+
+    pub fn usage(&self) -> Usage {
+        let st = self.inner.lock();
+        let partials: Vec<_> = st.partial.values().cloned().collect();
+        let mut u = Usage {
+            capacity: self.inner.config.capacity,
+            used: st.used,
+            complete_blobs: st.complete.len() as u64,
+            complete_bytes: st.complete.values().map(|c| c.size).sum(),
+            partial_blobs: partials.len() as u64,
+            partial_bytes_present: 0,
+            evicted_blobs: st.evicted_blobs,
+            evicted_bytes: st.evicted_bytes,
+        };
+        drop(st);
+        u.partial_bytes_present = partials.iter().map(|p| p.present_bytes()).sum();
+        u
+    }
+
+    /// Persists the bitmaps of all partial blobs (at shutdown).
+    pub fn flush(&self) -> Result<(), Error> {
+        let partials: Vec<_> = self.inner.lock().partial.values().cloned().collect();
+        partials.iter().try_for_each(|p| p.persist())
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, Error> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?)))
+        .filter(|(_, m)| m.is_file())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;

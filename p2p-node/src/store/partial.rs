@@ -1,0 +1,294 @@
+//! A blob being filled piece by piece: a sparse data file, a piece bitmap, a claim map that
+//! makes concurrent wants of one piece cause one fetch, and the running sha256 that decides
+//! whether the blob may become complete.
+//!
+//! Invariants:
+//! - a piece is marked present only after its bytes were written; the persisted bitmap only
+//!   names pieces whose bytes were fsynced before it was written, so a kill -9 never leaves a torn
+//!   piece marked present;
+//! - the blob becomes complete (renamed into `blobs/`) only after its whole-blob sha256 matched.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, MutexGuard, Weak};
+
+use tokio::sync::watch;
+
+use super::bitmap::Bitmap;
+use super::{Inner, PIECE_SIZE};
+use crate::digest::{Digest, Hasher};
+use crate::Error;
+
+/// Persist the bitmap after this many newly written pieces (and when a fetch ends).
+const PERSIST_EVERY: u32 = 64;
+
+/// What [`Partial::poll`] found for a byte range.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeState {
+    /// Every piece of the range is present.
+    Ready,
+    /// These runs of pieces were missing and nobody was fetching them: the caller now holds
+    /// their claim and must fetch them (and [`Partial::unclaim`] what it could not).
+    Claimed(Vec<Range<u32>>),
+    /// Others are fetching the missing pieces: wait for a change and poll again.
+    Pending,
+    /// The blob failed verification and is gone.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Status {
+    Filling,
+    Complete,
+    Failed(String),
+}
+
+struct Pieces {
+    present: Bitmap,
+    claimed: Bitmap,
+    unpersisted: u32,
+    status: Status,
+}
+
+struct HashProgress {
+    next: u32,
+    hasher: Hasher,
+}
+
+pub struct Partial {
+    digest: Digest,
+    size: u64,
+    file: File,
+    store: Weak<Inner>,
+    pieces: Mutex<Pieces>,
+    /// Serializes the sha256 walk over pieces in order; held while reading pieces back.
+    hash: Mutex<HashProgress>,
+    /// Serializes bitmap persistence so an older snapshot never replaces a newer one.
+    persist: Mutex<()>,
+    /// Bumped on every change of `pieces`; readers wait on it.
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Partial({}, {} bytes)", self.digest.short(), self.size)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(super) fn piece_count(size: u64) -> u32 {
+    u32::try_from(size.div_ceil(PIECE_SIZE)).unwrap_or(u32::MAX)
+}
+
+impl Partial {
+    pub(super) fn new(digest: Digest, size: u64, file: File, present: Bitmap, store: Weak<Inner>) -> Partial {
+        let n = present.len();
+        Partial {
+            digest,
+            size,
+            file,
+            store,
+            pieces: Mutex::new(Pieces { present, claimed: Bitmap::new(n), unpersisted: 0, status: Status::Filling }),
+            hash: Mutex::new(HashProgress { next: 0, hasher: Hasher::new() }),
+            persist: Mutex::new(()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        piece_count(self.size)
+    }
+
+    /// The byte range of piece `index`.
+    pub fn piece_range(&self, index: u32) -> Range<u64> {
+        let start = index as u64 * PIECE_SIZE;
+        start..(start + PIECE_SIZE).min(self.size)
+    }
+
+    /// The pieces that cover the byte range (empty for an empty range).
+    pub fn pieces_of(&self, bytes: Range<u64>) -> Range<u32> {
+        if bytes.start >= bytes.end {
+            return 0..0;
+        }
+        (bytes.start / PIECE_SIZE) as u32..bytes.end.div_ceil(PIECE_SIZE) as u32
+    }
+
+    /// Bytes present (counted in whole pieces).
+    pub fn present_bytes(&self) -> u64 {
+        let p = lock(&self.pieces);
+        (0..p.present.len()).filter(|&i| p.present.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        lock(&self.pieces).status == Status::Complete
+    }
+
+    /// A receiver that sees a new value whenever pieces arrive, claims drop, or the blob ends.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Checks a byte range; claims the missing pieces nobody is fetching.
+    pub fn poll(&self, bytes: Range<u64>) -> RangeState {
+        let pieces = self.pieces_of(bytes);
+        let mut p = lock(&self.pieces);
+        match &p.status {
+            Status::Failed(why) => return RangeState::Failed(why.clone()),
+            Status::Complete => return RangeState::Ready,
+            Status::Filling => {}
+        }
+        let mut runs: Vec<Range<u32>> = Vec::new();
+        let mut pending = false;
+        for i in pieces {
+            if p.present.get(i) {
+                continue;
+            }
+            if p.claimed.get(i) {
+                pending = true;
+                continue;
+            }
+            p.claimed.set(i, true);
+            match runs.last_mut() {
+                Some(run) if run.end == i => run.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        if !runs.is_empty() {
+            RangeState::Claimed(runs)
+        } else if pending {
+            RangeState::Pending
+        } else {
+            RangeState::Ready
+        }
+    }
+
+    /// Gives back claims on pieces the caller could not fetch, so another want can take them.
+    pub fn unclaim(&self, pieces: Range<u32>) {
+        let mut p = lock(&self.pieces);
+        for i in pieces {
+            p.claimed.set(i, false);
+        }
+        drop(p);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Writes piece `index` (exactly its length) and marks it present. When the last piece
+    /// arrives, verifies the whole blob and commits it. Blocking.
+    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), Error> {
+        let range = self.piece_range(index);
+        if index >= self.piece_count() || data.len() as u64 != range.end - range.start {
+            return Err(Error::BadPiece { digest: self.digest, index, len: data.len() as u64 });
+        }
+        if let Status::Failed(why) = &lock(&self.pieces).status {
+            return Err(Error::Failed { digest: self.digest, why: why.clone() });
+        }
+        self.file.write_all_at(data, range.start).map_err(|e| Error::io(format!("writing piece {index} of {}", self.digest), e))?;
+        let persist_now = {
+            let mut p = lock(&self.pieces);
+            p.present.set(index, true);
+            p.claimed.set(index, false);
+            p.unpersisted += 1;
+            p.unpersisted >= PERSIST_EVERY
+        };
+        self.changed.send_modify(|v| *v += 1);
+        if persist_now {
+            self.persist()?;
+        }
+        self.advance_hash(index, data)
+    }
+
+    /// Reads bytes at `offset` (the caller checked they are present). Blocking.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.file.read_exact_at(buf, offset).map_err(|e| Error::io(format!("reading {} at {offset}", self.digest), e))
+    }
+
+    /// Makes the present pieces durable: fsync the data, then atomically replace the bitmap.
+    pub fn persist(&self) -> Result<(), Error> {
+        let _one = lock(&self.persist);
+        let snapshot = {
+            let mut p = lock(&self.pieces);
+            if p.status != Status::Filling {
+                return Ok(());
+            }
+            p.unpersisted = 0;
+            p.present.clone()
+        };
+        let Some(store) = self.store.upgrade() else { return Ok(()) };
+        self.file.sync_data().map_err(|e| Error::io(format!("syncing {}", self.digest), e))?;
+        store.write_atomic(&store.map_path(&self.digest), &snapshot.encode(self.size, PIECE_SIZE))
+    }
+
+    /// Feeds the sha256 with every present piece in order; commits or fails the blob at the end.
+    fn advance_hash(&self, just_written: u32, data: &[u8]) -> Result<(), Error> {
+        let mut h = lock(&self.hash);
+        let n = self.piece_count();
+        let mut buf = Vec::new();
+        while h.next < n {
+            let next = h.next;
+            if !lock(&self.pieces).present.get(next) {
+                return Ok(());
+            }
+            if next == just_written {
+                h.hasher.update(data);
+            } else {
+                let r = self.piece_range(next);
+                buf.resize((r.end - r.start) as usize, 0);
+                self.read_at(&mut buf, r.start)?;
+                h.hasher.update(&buf);
+            }
+            h.next += 1;
+        }
+        if h.next == n && n > 0 {
+            h.next = n + 1; // finish once
+            let got = std::mem::take(&mut h.hasher).finish();
+            drop(h);
+            return self.finish(got);
+        }
+        Ok(())
+    }
+
+    fn finish(&self, got: Digest) -> Result<(), Error> {
+        let Some(store) = self.store.upgrade() else { return Ok(()) };
+        let result = if got == self.digest {
+            store.commit_partial(self, &self.file)
+        } else {
+            Err(Error::DigestMismatch { expected: self.digest, got })
+        };
+        let status = match &result {
+            Ok(()) => Status::Complete,
+            Err(e) => {
+                store.drop_partial(&self.digest);
+                Status::Failed(e.to_string())
+            }
+        };
+        lock(&self.pieces).status = status;
+        self.changed.send_modify(|v| *v += 1);
+        result
+    }
+
+    /// Fails the blob now (e.g. the origin sent the wrong size); waiters see the reason.
+    pub fn fail(&self, why: String) {
+        if let Some(store) = self.store.upgrade() {
+            store.drop_partial(&self.digest);
+        }
+        lock(&self.pieces).status = Status::Failed(why);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        let p = lock(&self.pieces);
+        p.claimed.count() == 0
+    }
+}

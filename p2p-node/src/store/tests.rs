@@ -1,0 +1,175 @@
+use super::*;
+
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn pieces(data: &[u8]) -> Vec<&[u8]> {
+    data.chunks(PIECE_SIZE as usize).collect()
+}
+
+fn claim_all(p: &Partial) {
+    assert!(matches!(p.poll(0..p.size()), RangeState::Claimed(_)));
+}
+
+#[test]
+fn out_of_order_pieces_complete_only_when_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let data = blob(3 * PIECE_SIZE as usize + 17, 1);
+    let d = Digest::of(&data);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    claim_all(&p);
+    let ps = pieces(&data);
+    for i in [3, 1, 0] {
+        p.write_piece(i, ps[i as usize]).expect("write");
+        assert!(!p.is_complete());
+        assert!(matches!(store.state(&d), BlobState::Partial { .. }));
+    }
+    p.write_piece(2, ps[2]).expect("last piece");
+    assert!(p.is_complete());
+    assert_eq!(store.state(&d), BlobState::Complete { size: data.len() as u64 });
+    let r = store.open_blob(&d).expect("open").expect("complete");
+    let mut back = vec![0; data.len()];
+    r.read_at(&mut back, 0).expect("read");
+    assert_eq!(back, data);
+    assert!(!dir.path().join("partial").join(format!("{}.data", d.hex())).exists());
+    assert!(!dir.path().join("partial").join(format!("{}.map", d.hex())).exists());
+}
+
+#[test]
+fn wrong_bytes_are_never_marked_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let data = blob(2 * PIECE_SIZE as usize, 2);
+    let d = Digest::of(&data);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    claim_all(&p);
+    let mut bad = data.clone();
+    bad[PIECE_SIZE as usize + 5] ^= 0xff;
+    p.write_piece(0, &bad[..PIECE_SIZE as usize]).expect("first");
+    let err = p.write_piece(1, &bad[PIECE_SIZE as usize..]).expect_err("mismatch");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(matches!(p.poll(0..1), RangeState::Failed(_)));
+    assert_eq!(store.state(&d), BlobState::Absent);
+    assert!(store.open_blob(&d).expect("open").is_none());
+    assert_eq!(std::fs::read_dir(dir.path().join("partial")).expect("ls").count(), 0);
+    assert_eq!(store.usage().used, 0);
+}
+
+#[test]
+fn wrong_piece_length_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let d = Digest::of(b"x");
+    let p = store.begin(&d, PIECE_SIZE + 1).expect("begin").expect("new");
+    assert!(p.write_piece(1, &[0, 0]).is_err());
+    assert!(p.write_piece(2, &[0]).is_err());
+    assert!(p.write_piece(0, &[0; 10]).is_err());
+}
+
+#[test]
+fn claims_make_one_fetcher_per_piece() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let data = blob(4 * PIECE_SIZE as usize, 3);
+    let d = Digest::of(&data);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    assert_eq!(p.poll(PIECE_SIZE..PIECE_SIZE + 2), RangeState::Claimed(vec![1..2]));
+    assert_eq!(p.poll(0..4 * PIECE_SIZE), RangeState::Claimed(vec![0..1, 2..4]));
+    assert_eq!(p.poll(0..10), RangeState::Pending);
+    p.unclaim(0..1);
+    assert_eq!(p.poll(0..10), RangeState::Claimed(vec![0..1]));
+    p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+    assert_eq!(p.poll(0..10), RangeState::Ready);
+    assert_eq!(p.poll(0..0), RangeState::Ready);
+}
+
+#[test]
+fn reopen_keeps_only_persisted_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob(3 * PIECE_SIZE as usize, 4);
+    let d = Digest::of(&data);
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+        let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+        claim_all(&p);
+        p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+        p.persist().expect("persist");
+        // Written but not persisted: as after a kill -9 before the next bitmap write.
+        p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+        std::fs::write(dir.path().join("tmp/leftover"), b"junk").expect("junk");
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
+    assert_eq!(store.state(&d), BlobState::Partial { size: data.len() as u64, present: PIECE_SIZE });
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("resumed");
+    assert_eq!(p.poll(0..data.len() as u64), RangeState::Claimed(vec![1..3]));
+    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]).expect("write");
+    p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+    assert!(p.is_complete(), "resumed blob verifies over old and new pieces");
+}
+
+#[test]
+fn damaged_piece_map_discards_the_partial() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob(2 * PIECE_SIZE as usize, 5);
+    let d = Digest::of(&data);
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+        let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+        claim_all(&p);
+        p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+        p.persist().expect("persist");
+    }
+    let map = dir.path().join("partial").join(format!("{}.map", d.hex()));
+    let mut bytes = std::fs::read(&map).expect("map");
+    let n = bytes.len();
+    bytes.truncate(n - 3);
+    std::fs::write(&map, bytes).expect("damage");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
+    assert_eq!(store.state(&d), BlobState::Absent);
+    assert_eq!(std::fs::read_dir(dir.path().join("partial")).expect("ls").count(), 0);
+}
+
+#[test]
+fn eviction_is_lru_and_spares_held_blobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StoreConfig { capacity: 10_000, high_watermark: 0.9, low_watermark: 0.5 };
+    let store = Store::open(dir.path(), cfg).expect("open");
+    let blobs: Vec<Vec<u8>> = (0..4).map(|i| blob(2_000, i)).collect();
+    let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+    for (b, d) in blobs.iter().zip(&ds).take(4) {
+        store.put(d, b).expect("put");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Hold the oldest; touch the second oldest so the third is now least recently used.
+    let held = store.open_blob(&ds[0]).expect("open").expect("present");
+    drop(store.open_blob(&ds[1]).expect("open"));
+    let fifth = blob(2_000, 9);
+    store.put(&Digest::of(&fifth), &fifth).expect("put");
+    // 10_000 > 9_000: evict unheld LRU (2, then 3, then 1) down to 5_000.
+    assert_eq!(store.state(&ds[0]), BlobState::Complete { size: 2_000 }, "held blob stays");
+    assert_eq!(store.state(&ds[2]), BlobState::Absent);
+    assert_eq!(store.state(&ds[3]), BlobState::Absent);
+    assert_eq!(store.state(&ds[1]), BlobState::Absent);
+    assert!(matches!(store.state(&Digest::of(&fifth)), BlobState::Complete { .. }));
+    let u = store.usage();
+    assert_eq!((u.used, u.evicted_blobs), (4_000, 3));
+    assert!(!dir.path().join("blobs/sha256").join(ds[2].hex()).exists());
+    drop(held);
+}
+
+#[test]
+fn empty_blob_and_small_puts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let empty = Digest::of(b"");
+    assert!(store.begin(&empty, 0).expect("begin").is_none());
+    assert_eq!(store.state(&empty), BlobState::Complete { size: 0 });
+    assert!(store.put(&empty, b"not empty").is_err());
+    let m = br#"{"schemaVersion":2}"#;
+    store.put(&Digest::of(m), m).expect("put");
+    assert_eq!(store.read_small(&Digest::of(m), 1 << 20).expect("read").as_deref(), Some(&m[..]));
+    assert!(store.read_small(&Digest::of(m), 3).is_err(), "limit applies");
+}
