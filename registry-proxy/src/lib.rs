@@ -1,1 +1,81 @@
-//! placeholder
+//! # registry-proxy: the node's door to registries
+//!
+//! - the OCI Distribution pull API as a containerd mirror ([`mirror`]), requests parsed once into
+//!   a [`route::Route`] and validated before anything goes upstream;
+//! - the allow-listed [`upstream`] registries and their authentication;
+//! - the [`fetcher::Fetcher`]: local store first, then the origin, one fetch per piece, streamed;
+//! - [`manifests`]: verified manifest cache with tag revalidation and stale-if-error;
+//! - the admin API (`ferry status`) and Prometheus metrics ([`admin`], [`metrics`]).
+//!
+//! Data flow: containerd → [`mirror::Mirror`] → ([`manifests::Manifests`] | [`fetcher::Fetcher`])
+//! → `p2p_node::store::Store` ↔ [`upstream::Upstream`].
+//!
+//! Invariants: only allow-listed upstreams are contacted; nothing is cached unverified (blobs by
+//! whole-blob sha256 in the store, manifests by their digest); every upstream wait has a timeout;
+//! memory per request is bounded whatever the blob size.
+
+pub mod admin;
+mod error;
+pub mod fetcher;
+mod fill;
+pub mod manifests;
+pub mod metrics;
+pub mod mirror;
+pub mod names;
+pub mod route;
+pub mod serve;
+pub mod settings;
+pub mod upstream;
+
+use std::sync::Arc;
+
+pub use error::Error;
+use p2p_node::store::Store;
+pub use settings::{MirrorSettings, UpstreamSettings};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The sockets the node serves on; bound by the caller, so tests can bind port 0.
+pub struct Listeners {
+    pub registry: tokio::net::TcpListener,
+    pub metrics: Option<tokio::net::TcpListener>,
+    pub admin: Option<tokio::net::UnixListener>,
+}
+
+/// Runs the mirror, metrics and admin endpoints until `cancel`; then waits for in-flight fetches
+/// to stop and persists partial blobs' progress.
+pub async fn run(settings: MirrorSettings, store: Store, listeners: Listeners, cancel: CancellationToken) -> Result<(), Error> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let upstreams = upstream::Upstreams::new(&settings)?;
+    let tasks = TaskTracker::new();
+    let fetcher = Arc::new(fetcher::Fetcher::new(store.clone(), metrics.clone(), settings.piece_timeout, tasks.clone(), cancel.clone()));
+    let manifests = manifests::Manifests::new(store.clone(), metrics.clone(), settings.manifest_timeout, settings.stale_if_error);
+    let admin = Arc::new(admin::AdminState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        registry_listen: listeners.registry.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstreams: {
+            let mut h: Vec<String> = upstreams.hosts().map(str::to_string).collect();
+            h.sort();
+            h
+        },
+    });
+    let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics });
+
+    let servers = TaskTracker::new();
+    servers.spawn(serve::serve(listeners.registry, move |req| mirror.clone().handle(req), cancel.clone()));
+    if let Some(l) = listeners.metrics {
+        let a = admin.clone();
+        servers.spawn(serve::serve(l, move |req| a.clone().handle_metrics(req), cancel.clone()));
+    }
+    if let Some(l) = listeners.admin {
+        let a = admin.clone();
+        servers.spawn(serve::serve(l, move |req| a.clone().handle_admin(req), cancel.clone()));
+    }
+    servers.close();
+    servers.wait().await;
+    tasks.close();
+    tasks.wait().await;
+    tokio::task::spawn_blocking(move || store.flush()).await.map_err(fetcher::join_error)??;
+    Ok(())
+}

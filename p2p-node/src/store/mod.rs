@@ -310,6 +310,14 @@ impl Store {
                 }
             }
         }
+        // Killed after the last piece but before the commit: verify now (commit or discard).
+        let full: Vec<Arc<Partial>> = st.partial.values().filter(|p| p.all_present()).cloned().collect();
+        drop(st);
+        for p in full {
+            if let Err(e) = p.verify_present() {
+                tracing::warn!(digest = %p.digest(), error = %e, "discarded a recovered blob");
+            }
+        }
         // Maps whose data file is gone prove nothing.
         for (name, _) in read_dir(&inner.root.join("partial"))? {
             if let Some(hex) = name.strip_suffix(".map") {
@@ -441,6 +449,40 @@ impl Store {
         let mut buf = vec![0; r.size() as usize];
         r.read_at(&mut buf, 0)?;
         Ok(Some(buf))
+    }
+
+    /// Atomically writes a small metadata file of another component (tag records) at `meta/<rel>`.
+    pub fn write_meta(&self, rel: &str, data: &[u8]) -> Result<(), Error> {
+        let path = self.meta_path(rel)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        self.inner.write_atomic(&path, data)
+    }
+
+    /// Reads `meta/<rel>`, `None` when absent.
+    pub fn read_meta(&self, rel: &str) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.meta_path(rel)?;
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    pub fn remove_meta(&self, rel: &str) -> Result<(), Error> {
+        match fs::remove_file(self.meta_path(rel)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("removing meta/{rel}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn meta_path(&self, rel: &str) -> Result<PathBuf, Error> {
+        let ok = !rel.is_empty() && rel.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if !ok {
+            return Err(Error::io(format!("metadata path {rel:?}"), std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        }
+        Ok(self.inner.root.join("meta").join(rel))
     }
 
     pub fn usage(&self) -> Usage {

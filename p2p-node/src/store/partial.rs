@@ -131,6 +131,11 @@ impl Partial {
         (0..p.present.len()).filter(|&i| p.present.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
     }
 
+    /// A copy of which pieces are present now.
+    pub fn present(&self) -> Bitmap {
+        lock(&self.pieces).present.clone()
+    }
+
     pub fn is_complete(&self) -> bool {
         lock(&self.pieces).status == Status::Complete
     }
@@ -285,6 +290,15 @@ impl Partial {
         }
         lock(&self.pieces).status = Status::Failed(why);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(super) fn all_present(&self) -> bool {
+        lock(&self.pieces).present.is_full()
+    }
+
+    /// Hashes what is present and, if that is everything, commits or fails the blob. Blocking.
+    pub(super) fn verify_present(&self) -> Result<(), Error> {
+        self.advance_hash(u32::MAX, &[])
     }
 
     pub(super) fn is_idle(&self) -> bool {

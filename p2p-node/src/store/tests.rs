@@ -1,3 +1,6 @@
+// Lists of piece runs with one run are intended here.
+#![allow(clippy::single_range_in_vec_init)]
+
 use super::*;
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
@@ -172,4 +175,38 @@ fn empty_blob_and_small_puts() {
     store.put(&Digest::of(m), m).expect("put");
     assert_eq!(store.read_small(&Digest::of(m), 1 << 20).expect("read").as_deref(), Some(&m[..]));
     assert!(store.read_small(&Digest::of(m), 3).is_err(), "limit applies");
+}
+
+#[test]
+fn recovered_full_blob_is_verified_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob(2 * PIECE_SIZE as usize, 6);
+    let d = Digest::of(&data);
+    let bad_data = blob(2 * PIECE_SIZE as usize, 7);
+    let bad = Digest::of(b"something else");
+    for (digest, bytes) in [(d, &data), (bad, &bad_data)] {
+        // As if killed after every piece was written and persisted, before the commit.
+        let n = partial::piece_count(bytes.len() as u64);
+        let mut map = Bitmap::new(n);
+        (0..n).for_each(|i| map.set(i, true));
+        std::fs::create_dir_all(dir.path().join("partial")).expect("mkdir");
+        std::fs::write(dir.path().join("partial").join(format!("{}.data", digest.hex())), bytes).expect("data");
+        std::fs::write(dir.path().join("partial").join(format!("{}.map", digest.hex())), map.encode(bytes.len() as u64, PIECE_SIZE))
+            .expect("map");
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    assert_eq!(store.state(&d), BlobState::Complete { size: data.len() as u64 });
+    assert_eq!(store.state(&bad), BlobState::Absent, "a blob that does not match its name is discarded");
+    assert_eq!(std::fs::read_dir(dir.path().join("partial")).expect("ls").count(), 0);
+}
+
+#[test]
+fn meta_paths_stay_inside_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    store.write_meta("tags/reg/a/b/_tags/v1", b"x").expect("write");
+    assert_eq!(store.read_meta("tags/reg/a/b/_tags/v1").expect("read").as_deref(), Some(&b"x"[..]));
+    for bad in ["", "../x", "a/../../x", "/etc/passwd", "a//b", "./a"] {
+        assert!(store.write_meta(bad, b"x").is_err(), "{bad:?}");
+    }
 }

@@ -1,0 +1,119 @@
+//! The node's admin API on a unix socket (`GET /status`), its client for `ferry status`, and the
+//! Prometheus `/metrics` endpoint.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use p2p_node::store::{Store, Usage};
+
+use crate::metrics::{Metrics, Traffic};
+use crate::mirror::full;
+use crate::serve::Body;
+use crate::Error;
+
+/// What `ferry status` shows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub registry_listen: String,
+    pub upstreams: Vec<String>,
+    pub store: StoreStatus,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoreStatus {
+    pub path: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub complete_blobs: u64,
+    pub complete_bytes: u64,
+    pub partial_blobs: u64,
+    pub partial_bytes_present: u64,
+    pub evicted_blobs: u64,
+    pub evicted_bytes: u64,
+}
+
+impl StoreStatus {
+    fn new(store: &Store, u: Usage) -> StoreStatus {
+        StoreStatus {
+            path: store.root().display().to_string(),
+            capacity: u.capacity,
+            used: u.used,
+            complete_blobs: u.complete_blobs,
+            complete_bytes: u.complete_bytes,
+            partial_blobs: u.partial_blobs,
+            partial_bytes_present: u.partial_bytes_present,
+            evicted_blobs: u.evicted_blobs,
+            evicted_bytes: u.evicted_bytes,
+        }
+    }
+}
+
+/// Everything the admin and metrics endpoints read.
+pub struct AdminState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub registry_listen: String,
+    pub upstreams: Vec<String>,
+}
+
+impl AdminState {
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            registry_listen: self.registry_listen.clone(),
+            upstreams: self.upstreams.clone(),
+            store: StoreStatus::new(&self.store, self.store.usage()),
+            traffic: self.metrics.snapshot(),
+        }
+    }
+
+    pub async fn handle_admin(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&http::Method::GET, "/status") => {
+                let json = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                reply(StatusCode::OK, "application/json", json)
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try GET /status\n".to_vec()),
+        }
+    }
+
+    pub async fn handle_metrics(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != "/metrics" {
+            return reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try GET /metrics\n".to_vec());
+        }
+        let u = self.store.usage();
+        self.metrics.store_used.set(i64::try_from(u.used).unwrap_or(i64::MAX));
+        self.metrics.store_capacity.set(i64::try_from(u.capacity).unwrap_or(i64::MAX));
+        reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode().into_bytes())
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+/// Asks the node behind `socket` for its status.
+pub async fn fetch_status(socket: &Path) -> Result<Status, Error> {
+    let io_err = |what: &str, e: std::io::Error| Error::Io { what: format!("{what} {}", socket.display()), source: e };
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| io_err("connecting to the admin socket", e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io_err("talking to", std::io::Error::other(e)))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/status")
+        .header(header::HOST, "ferry")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| io_err("building a request for", std::io::Error::other(e)))?;
+    let resp = sender.send_request(req).await.map_err(|e| io_err("requesting status from", std::io::Error::other(e)))?;
+    let body = resp.into_body().collect().await.map_err(|e| io_err("reading status from", std::io::Error::other(e)))?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| io_err("decoding status from", std::io::Error::other(e)))
+}

@@ -1,0 +1,343 @@
+//! The Fetcher: gets blob bytes from the local store, else the origin, and streams them in order.
+//!
+//! A cold blob becomes a [`Partial`] in the store. Readers walk their byte range piece by piece:
+//! a present piece is read from disk; a missing one that nobody fetches is claimed (together with
+//! the rest of the reader's range) and fetched by a detached task; a piece someone else fetches is
+//! waited for. So N readers of one cold blob cause one upstream GET, the first byte goes out long
+//! before the blob is complete, and memory holds at most a piece per fetch and a few chunks per
+//! reader. A whole-blob response holds back its last piece until the store has verified the
+//! digest: no client ever receives a complete body that does not match its digest.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use p2p_node::store::{Bitmap, BlobReader, Partial, RangeState, Store};
+use p2p_node::Digest;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fill::Fill;
+use crate::metrics::Metrics;
+use crate::names::Repo;
+use crate::upstream::Upstream;
+use crate::Error;
+
+/// Bytes per chunk handed to the HTTP body.
+const CHUNK: usize = 512 * 1024;
+/// Chunks a reader may run ahead of its client.
+const READ_AHEAD: usize = 2;
+/// How long a digest mismatch from the origin is remembered (answered 502 without refetching).
+const BAD_DIGEST_MEMORY: Duration = Duration::from_secs(30);
+
+/// Where an opened blob's bytes are.
+pub enum Source {
+    Complete(Arc<BlobReader>),
+    Partial(Arc<Partial>),
+}
+
+/// A blob ready to be read.
+pub struct OpenBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// True when the store already held the whole blob.
+    pub cached: bool,
+    source: Source,
+    upstream: Arc<Upstream>,
+    name: Repo,
+    /// Pieces present when the blob was opened: bytes from them count as served from cache.
+    present_at_open: Option<Bitmap>,
+}
+
+pub(crate) struct Failure {
+    at: Instant,
+    reason: String,
+    bad_digest: bool,
+}
+
+pub struct Fetcher {
+    store: Store,
+    metrics: Arc<Metrics>,
+    piece_timeout: Duration,
+    /// One cold open per digest at a time, so concurrent first requests share one upstream GET.
+    opening: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed fetch per digest, so waiters fail together instead of retrying in turn.
+    failures: Arc<Mutex<HashMap<Digest, Failure>>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fetcher {
+    pub fn new(store: Store, metrics: Arc<Metrics>, piece_timeout: Duration, tasks: TaskTracker, cancel: CancellationToken) -> Fetcher {
+        Fetcher { store, metrics, piece_timeout, opening: Mutex::default(), failures: Arc::default(), tasks, cancel }
+    }
+
+    /// The blob's size, and whether the store has it whole, without fetching its bytes.
+    pub async fn head(&self, up: &Upstream, name: &Repo, d: &Digest) -> Result<(u64, bool), Error> {
+        match self.store.state(d) {
+            p2p_node::store::BlobState::Complete { size } => return Ok((size, true)),
+            p2p_node::store::BlobState::Partial { size, .. } => return Ok((size, false)),
+            p2p_node::store::BlobState::Absent => {}
+        }
+        let resp = up.request(Method::HEAD, name, &format!("blobs/{d}"), HeaderMap::new()).await?;
+        self.metrics.upstream("blob_head", resp.status().as_u16());
+        Ok((self.expect_blob(up, name, d, &resp)?, false))
+    }
+
+    /// Opens a blob for reading. A cold blob wanted `whole` starts one upstream GET for all of it;
+    /// a cold blob wanted for a range only learns its size (HEAD) and fetches pieces on demand.
+    pub async fn open(&self, up: &Arc<Upstream>, name: &Repo, d: &Digest, whole: bool) -> Result<OpenBlob, Error> {
+        let blob = |source: Source, size, cached| {
+            let present_at_open = match &source {
+                Source::Partial(p) => Some(p.present()),
+                Source::Complete(_) => None,
+            };
+            OpenBlob { digest: *d, size, cached, source, upstream: up.clone(), name: name.clone(), present_at_open }
+        };
+        if let Some(r) = self.store.open_blob(d)? {
+            return Ok(blob(Source::Complete(Arc::new(r)), 0, true)).map(|mut b| {
+                b.size = size_of(&b.source);
+                b
+            });
+        }
+        if let Some(f) = lock(&self.failures).get(d).filter(|f| f.bad_digest && f.at.elapsed() < BAD_DIGEST_MEMORY) {
+            return Err(Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: f.reason.clone() });
+        }
+        if let Some(p) = self.store.partial(d) {
+            return Ok(blob(Source::Partial(p.clone()), p.size(), false));
+        }
+        let gate = lock(&self.opening).entry(*d).or_default().clone();
+        let _one = gate.lock().await;
+        let result = self.open_cold(up, name, d, whole).await;
+        lock(&self.opening).remove(d);
+        let source = result?;
+        let size = size_of(&source);
+        Ok(blob(source, size, false))
+    }
+
+    async fn open_cold(&self, up: &Arc<Upstream>, name: &Repo, d: &Digest, whole: bool) -> Result<Source, Error> {
+        // Someone may have opened it while we waited for the gate.
+        if let Some(r) = self.store.open_blob(d)? {
+            return Ok(Source::Complete(Arc::new(r)));
+        }
+        if let Some(p) = self.store.partial(d) {
+            return Ok(Source::Partial(p));
+        }
+        let method = if whole { Method::GET } else { Method::HEAD };
+        let started = Instant::now();
+        let resp = up.request(method, name, &format!("blobs/{d}"), HeaderMap::new()).await?;
+        self.metrics.upstream(if whole { "blob" } else { "blob_head" }, resp.status().as_u16());
+        let size = self.expect_blob(up, name, d, &resp)?;
+        let store = self.store.clone();
+        let digest = *d;
+        let partial = tokio::task::spawn_blocking(move || store.begin(&digest, size)).await.map_err(join_error)??;
+        let Some(partial) = partial else {
+            let r = self.store.open_blob(d)?.ok_or_else(|| Error::UpstreamBad {
+                upstream: up.host.clone(),
+                what: format!("blob {d}"),
+                reason: "empty blob does not match its digest".into(),
+            })?;
+            return Ok(Source::Complete(Arc::new(r)));
+        };
+        if whole {
+            match partial.poll(0..size) {
+                RangeState::Claimed(runs) if runs.len() == 1 && runs[0] == (0..partial.piece_count()) => {
+                    self.spawn_fill(up.clone(), name.clone(), partial.clone(), runs[0].clone(), Some((resp, started)));
+                }
+                RangeState::Claimed(runs) => {
+                    runs.into_iter().for_each(|r| self.spawn_fill(up.clone(), name.clone(), partial.clone(), r, None))
+                }
+                _ => {}
+            }
+        }
+        Ok(Source::Partial(partial))
+    }
+
+    /// Checks a blob response's status and returns its size.
+    fn expect_blob(&self, up: &Upstream, name: &Repo, d: &Digest, resp: &reqwest::Response) -> Result<u64, Error> {
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Err(Error::BlobUnknown { upstream: up.host.clone(), name: name.to_string(), digest: *d }),
+            s => return Err(up.status_error(format!("blob {d} of {name}"), s)),
+        }
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: "no Content-Length".into() })
+    }
+
+    /// Streams `range` of the blob in order. The first item tells whether anything can be sent;
+    /// an error after that ends the body early. With `whole`, the last piece waits for verification.
+    pub fn stream(self: &Arc<Self>, blob: OpenBlob, range: Range<u64>, whole: bool) -> mpsc::Receiver<Result<Bytes, Error>> {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let result = match &blob.source {
+                Source::Complete(r) => me.send_complete(r.clone(), range, &tx).await,
+                Source::Partial(p) => me.send_partial(&blob, p.clone(), range, whole, &tx).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(digest = %blob.digest, error = %e, "blob stream failed");
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn send_complete(&self, r: Arc<BlobReader>, range: Range<u64>, tx: &mpsc::Sender<Result<Bytes, Error>>) -> Result<(), Error> {
+        let mut offset = range.start;
+        while offset < range.end {
+            let len = (range.end - offset).min(CHUNK as u64) as usize;
+            let r = r.clone();
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                r.read_at(&mut buf, offset).map(|()| buf)
+            })
+            .await
+            .map_err(join_error)??;
+            offset += len as u64;
+            self.metrics.served("cache", len as u64);
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                return Ok(()); // the client left
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_partial(
+        &self,
+        blob: &OpenBlob,
+        p: Arc<Partial>,
+        range: Range<u64>,
+        whole: bool,
+        tx: &mpsc::Sender<Result<Bytes, Error>>,
+    ) -> Result<(), Error> {
+        let mut offset = range.start;
+        while offset < range.end {
+            let piece_end = p.piece_range(p.pieces_of(offset..offset + 1).start).end;
+            let end = piece_end.min(range.end).min(offset + CHUNK as u64);
+            self.wait_ready(blob, &p, offset..end, range.end).await?;
+            if whole && end == p.size() {
+                self.wait_verified(&p).await?;
+            }
+            let piece = p.pieces_of(offset..end).start;
+            let cached = blob.present_at_open.as_ref().is_some_and(|m| m.get(piece));
+            let len = (end - offset) as usize;
+            let p2 = p.clone();
+            let start = offset;
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                p2.read_at(&mut buf, start).map(|()| buf)
+            })
+            .await
+            .map_err(join_error)??;
+            offset = end;
+            self.metrics.served(if cached { "cache" } else { "origin" }, len as u64);
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `need` is present, claiming and fetching what nobody fetches (up to `span_end`
+    /// at once).
+    async fn wait_ready(&self, blob: &OpenBlob, p: &Arc<Partial>, need: Range<u64>, span_end: u64) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut rx = p.subscribe();
+        loop {
+            rx.borrow_and_update();
+            match p.poll(need.clone()) {
+                RangeState::Ready => return Ok(()),
+                RangeState::Failed(why) => {
+                    return Err(Error::UpstreamBad {
+                        upstream: blob.upstream.host.clone(),
+                        what: format!("blob {}", blob.digest),
+                        reason: why,
+                    })
+                }
+                RangeState::Claimed(mut runs) => {
+                    if let Some(reason) = self.failed_since(&blob.digest, started) {
+                        runs.into_iter().for_each(|r| p.unclaim(r));
+                        return Err(Error::UpstreamUnreachable {
+                            upstream: blob.upstream.host.clone(),
+                            what: format!("blob {}", blob.digest),
+                            reason,
+                        });
+                    }
+                    if let RangeState::Claimed(more) = p.poll(need.end..span_end) {
+                        runs.extend(more);
+                    }
+                    for run in runs {
+                        self.spawn_fill(blob.upstream.clone(), blob.name.clone(), p.clone(), run, None);
+                    }
+                }
+                RangeState::Pending => {
+                    self.wait_change(&mut rx, &blob.digest).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits until the blob is verified and complete (or failed).
+    async fn wait_verified(&self, p: &Arc<Partial>) -> Result<(), Error> {
+        let mut rx = p.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if p.is_complete() {
+                return Ok(());
+            }
+            if let RangeState::Failed(why) = p.poll(0..0) {
+                return Err(Error::Store(p2p_node::Error::Failed { digest: p.digest(), why }));
+            }
+            self.wait_change(&mut rx, &p.digest()).await?;
+        }
+    }
+
+    async fn wait_change(&self, rx: &mut tokio::sync::watch::Receiver<u64>, d: &Digest) -> Result<(), Error> {
+        match tokio::time::timeout(self.piece_timeout, rx.changed()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Timeout { what: format!("waiting for a piece of {d}"), secs: self.piece_timeout.as_secs() }),
+        }
+    }
+
+    fn failed_since(&self, d: &Digest, since: Instant) -> Option<String> {
+        lock(&self.failures).get(d).filter(|f| f.at >= since).map(|f| f.reason.clone())
+    }
+
+    fn spawn_fill(&self, up: Arc<Upstream>, name: Repo, p: Arc<Partial>, run: Range<u32>, resp: Option<(reqwest::Response, Instant)>) {
+        let fill = Fill { up, name, p, metrics: self.metrics.clone(), cancel: self.cancel.clone() };
+        let failures = self.failures.clone();
+        self.tasks.spawn(async move {
+            if let Err((e, rest)) = fill.run(run, resp).await {
+                fill.metrics.fetch_failures.inc();
+                tracing::warn!(digest = %fill.p.digest(), error = %e, "fetch failed");
+                let bad_digest = matches!(e, Error::Store(p2p_node::Error::DigestMismatch { .. }));
+                lock(&failures).insert(fill.p.digest(), Failure { at: Instant::now(), reason: e.to_string(), bad_digest });
+                fill.p.unclaim(rest);
+            }
+            let p = fill.p.clone();
+            let _ = tokio::task::spawn_blocking(move || p.persist()).await;
+        });
+    }
+}
+
+fn size_of(source: &Source) -> u64 {
+    match source {
+        Source::Complete(r) => r.size(),
+        Source::Partial(p) => p.size(),
+    }
+}
+
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::Io { what: "a blocking store task".into(), source: std::io::Error::other(e.to_string()) }
+}

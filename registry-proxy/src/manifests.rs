@@ -1,0 +1,220 @@
+//! Manifests: by digest, verified and cached for good; by tag, revalidated upstream within a
+//! short timeout (HEAD when a cached answer exists, which registries do not rate-limit) and
+//! served from cache when the upstream fails, for as long as `stale_if_error` allows.
+//!
+//! Kept in the content store: the manifest bytes as a blob, and under `meta/` the media type of
+//! each manifest (`manifests/<hex>`) and tag records (`tags/<registry>/<repo>/_tags/<tag>`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use p2p_node::store::Store;
+use p2p_node::Digest;
+
+use crate::metrics::{KindLabel, Metrics};
+use crate::names::{Reference, Repo};
+use crate::upstream::Upstream;
+use crate::Error;
+
+/// What registries and containerd accept as a manifest size.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+    /// Served from the store (`cache`), or just fetched (`origin`).
+    pub source: &'static str,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TagRecord {
+    digest: Digest,
+    /// Unix seconds of the last time the upstream confirmed this tag.
+    checked: u64,
+}
+
+pub struct Manifests {
+    store: Store,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    stale_if_error: Duration,
+}
+
+impl Manifests {
+    pub fn new(store: Store, metrics: Arc<Metrics>, timeout: Duration, stale_if_error: Duration) -> Manifests {
+        Manifests { store, metrics, timeout, stale_if_error }
+    }
+
+    pub async fn get(&self, up: &Upstream, name: &Repo, reference: &Reference) -> Result<Manifest, Error> {
+        match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = self.cached(d)? {
+                    self.metrics.hit("manifest", true);
+                    return Ok(m);
+                }
+                self.metrics.hit("manifest", false);
+                let m = self.fetch(up, name, reference).await?;
+                if m.digest != *d {
+                    return Err(Error::UpstreamBad {
+                        upstream: up.host.clone(),
+                        what: format!("manifest {d}"),
+                        reason: format!("content has digest {}", m.digest),
+                    });
+                }
+                self.save(&m)?;
+                Ok(m)
+            }
+            Reference::Tag(tag) => self.get_tag(up, name, tag).await,
+        }
+    }
+
+    async fn get_tag(&self, up: &Upstream, name: &Repo, tag: &str) -> Result<Manifest, Error> {
+        let key = tag_key(&up.host, name, tag);
+        let record: Option<TagRecord> = self.store.read_meta(&key)?.and_then(|b| serde_json::from_slice(&b).ok());
+        let cached = match &record {
+            Some(r) => self.cached(&r.digest)?,
+            None => None,
+        };
+        let reference = Reference::Tag(tag.to_string());
+        let Some(cached) = cached else {
+            self.metrics.hit("manifest", false);
+            let m = self.fetch(up, name, &reference).await?;
+            self.save(&m)?;
+            self.record(&key, &m.digest)?;
+            return Ok(m);
+        };
+        let checked = record.map_or(0, |r| r.checked);
+        let fresh = async {
+            let head = self.send(up, name, &reference, Method::HEAD).await?;
+            let same = head.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Digest>().ok())
+                == Some(cached.digest);
+            if same {
+                return Ok(None);
+            }
+            self.fetch(up, name, &reference).await.map(Some)
+        };
+        match fresh.await {
+            Ok(None) => {
+                self.metrics.hit("manifest", true);
+                self.record(&key, &cached.digest)?;
+                Ok(cached)
+            }
+            Ok(Some(m)) => {
+                self.metrics.hit("manifest", false);
+                self.save(&m)?;
+                self.record(&key, &m.digest)?;
+                Ok(m)
+            }
+            Err(Error::ManifestUnknown { upstream, name, reference }) => {
+                self.store.remove_meta(&key)?;
+                Err(Error::ManifestUnknown { upstream, name, reference })
+            }
+            Err(e) if e.is_upstream_failure() && now().saturating_sub(checked) <= self.stale_if_error.as_secs() => {
+                tracing::warn!(upstream = %up.host, %name, tag, error = %e, "upstream failed; serving the cached tag");
+                self.metrics.stale_served.inc();
+                self.metrics.hit("manifest", true);
+                Ok(cached)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cached(&self, d: &Digest) -> Result<Option<Manifest>, Error> {
+        let Some(media_type) = self.store.read_meta(&format!("manifests/{}", d.hex()))? else { return Ok(None) };
+        let Some(bytes) = self.store.read_small(d, MAX_MANIFEST)? else { return Ok(None) };
+        let media_type = String::from_utf8(media_type).unwrap_or_default();
+        Ok(Some(Manifest { bytes: bytes.into(), media_type, digest: *d, source: "cache" }))
+    }
+
+    fn save(&self, m: &Manifest) -> Result<(), Error> {
+        self.store.write_meta(&format!("manifests/{}", m.digest.hex()), m.media_type.as_bytes())?;
+        self.store.put(&m.digest, &m.bytes)?;
+        Ok(())
+    }
+
+    fn record(&self, key: &str, digest: &Digest) -> Result<(), Error> {
+        let rec = TagRecord { digest: *digest, checked: now() };
+        let json = serde_json::to_vec(&rec).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(self.store.write_meta(key, &json)?)
+    }
+
+    /// Sends a manifest request within the revalidation timeout and checks its status.
+    async fn send(&self, up: &Upstream, name: &Repo, reference: &Reference, method: Method) -> Result<reqwest::Response, Error> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        let kind = if method == Method::HEAD { "manifest_head" } else { "manifest" };
+        let what = format!("manifest {reference} of {name}");
+        let started = std::time::Instant::now();
+        let resp =
+            tokio::time::timeout(self.timeout, up.request(method, name, &format!("manifests/{reference}"), h)).await.map_err(|_| {
+                Error::Timeout { what: format!("waiting for {} to answer for {what}", up.host), secs: self.timeout.as_secs() }
+            })??;
+        self.metrics.upstream(kind, resp.status().as_u16());
+        self.metrics.fetch_duration.get_or_create(&KindLabel { kind: "manifest" }).observe(started.elapsed().as_secs_f64());
+        match resp.status() {
+            StatusCode::OK => Ok(resp),
+            StatusCode::NOT_FOUND => {
+                Err(Error::ManifestUnknown { upstream: up.host.clone(), name: name.to_string(), reference: reference.to_string() })
+            }
+            s => Err(up.status_error(what, s)),
+        }
+    }
+
+    /// GETs a manifest and checks it: size limit, and the digest the upstream claims.
+    async fn fetch(&self, up: &Upstream, name: &Repo, reference: &Reference) -> Result<Manifest, Error> {
+        let mut resp = self.send(up, name, reference, Method::GET).await?;
+        let what = format!("manifest {reference} of {name}");
+        let bad = |reason: String| Error::UpstreamBad { upstream: up.host.clone(), what: what.clone(), reason };
+        let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+        let mut body = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(self.timeout, up.chunk(&mut resp, &what))
+            .await
+            .map_err(|_| Error::Timeout { what: format!("reading {what}"), secs: self.timeout.as_secs() })??
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > MAX_MANIFEST {
+                return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
+            }
+        }
+        let digest = Digest::of(&body);
+        if let Some(c) = claimed {
+            let c: Digest = c.parse().map_err(|_| bad(format!("bad Docker-Content-Digest {c:?}")))?;
+            if c != digest {
+                return Err(bad(format!("digest mismatch: header says {c}, content is {digest}")));
+            }
+        }
+        let media_type = content_type
+            .filter(|t| t.starts_with("application/"))
+            .or_else(|| media_type_of(&body))
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        Ok(Manifest { bytes: body.into(), media_type, digest, source: "origin" })
+    }
+}
+
+fn media_type_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("mediaType")?.as_str().map(str::to_string)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `tags/<registry>/<repo>/_tags/<tag>`: `_tags` cannot be a repository component.
+fn tag_key(host: &str, name: &Repo, tag: &str) -> String {
+    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    format!("tags/{host}/{name}/_tags/{tag}")
+}

@@ -1,0 +1,144 @@
+//! Prometheus metrics of the node (all named `ferry_*`), and a snapshot of them for status.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// `cache` (the local store) or `origin` (fetched upstream for this request).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `blob` or `manifest`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub kind: &'static str,
+    pub status: u16,
+}
+
+type HistogramFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub bytes_served: Family<SourceLabel, Counter>,
+    pub origin_bytes: Counter,
+    pub cache_hits: Family<KindLabel, Counter>,
+    pub cache_misses: Family<KindLabel, Counter>,
+    pub requests: Family<RequestLabel, Counter>,
+    pub upstream_requests: Family<RequestLabel, Counter>,
+    pub request_duration: HistogramFamily,
+    pub fetch_duration: HistogramFamily,
+    pub stale_served: Counter,
+    pub fetch_failures: Counter,
+    pub store_used: Gauge,
+    pub store_capacity: Gauge,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            bytes_served: Family::default(),
+            origin_bytes: Counter::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            requests: Family::default(),
+            upstream_requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            fetch_duration: Family::new_with_constructor(latency),
+            stale_served: Counter::default(),
+            fetch_failures: Counter::default(),
+            store_used: Gauge::default(),
+            store_capacity: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ferry_bytes_served", "Bytes sent to clients, by where they came from", m.bytes_served.clone());
+        registry.register("ferry_origin_bytes", "Bytes received from upstream registries", m.origin_bytes.clone());
+        registry.register("ferry_cache_hits", "Requests answered from the local store", m.cache_hits.clone());
+        registry.register("ferry_cache_misses", "Requests that needed the upstream", m.cache_misses.clone());
+        registry.register("ferry_requests", "Mirror requests by kind and status", m.requests.clone());
+        registry.register("ferry_upstream_requests", "Requests sent upstream by kind and status", m.upstream_requests.clone());
+        registry.register(
+            "ferry_request_duration_seconds",
+            "Time to answer a mirror request (until the response head)",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "ferry_fetch_duration_seconds",
+            "Time of one upstream fetch of a run of pieces or a manifest",
+            m.fetch_duration.clone(),
+        );
+        registry.register("ferry_stale_served", "Cached tags served because the upstream failed", m.stale_served.clone());
+        registry.register("ferry_fetch_failures", "Upstream fetches that failed after retries", m.fetch_failures.clone());
+        registry.register("ferry_store_used_bytes", "Bytes the content store holds or has reserved", m.store_used.clone());
+        registry.register("ferry_store_capacity_bytes", "The content store's capacity", m.store_capacity.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn served(&self, source: &'static str, n: u64) {
+        self.bytes_served.get_or_create(&SourceLabel { source }).inc_by(n);
+    }
+
+    pub fn hit(&self, kind: &'static str, hit: bool) {
+        let family = if hit { &self.cache_hits } else { &self.cache_misses };
+        family.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn upstream(&self, kind: &'static str, status: u16) {
+        self.upstream_requests.get_or_create(&RequestLabel { kind, status }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn snapshot(&self) -> Traffic {
+        let served = |source| self.bytes_served.get_or_create(&SourceLabel { source }).get();
+        let count = |f: &Family<KindLabel, Counter>, kind| f.get_or_create(&KindLabel { kind }).get();
+        Traffic {
+            served_cache_bytes: served("cache"),
+            served_origin_bytes: served("origin"),
+            origin_bytes: self.origin_bytes.get(),
+            blob_hits: count(&self.cache_hits, "blob"),
+            blob_misses: count(&self.cache_misses, "blob"),
+            manifest_hits: count(&self.cache_hits, "manifest"),
+            manifest_misses: count(&self.cache_misses, "manifest"),
+            stale_served: self.stale_served.get(),
+            fetch_failures: self.fetch_failures.get(),
+        }
+    }
+}
+
+/// Traffic totals since the node started, for `ferry status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    pub served_cache_bytes: u64,
+    pub served_origin_bytes: u64,
+    pub origin_bytes: u64,
+    pub blob_hits: u64,
+    pub blob_misses: u64,
+    pub manifest_hits: u64,
+    pub manifest_misses: u64,
+    pub stale_served: u64,
+    pub fetch_failures: u64,
+}

@@ -1,0 +1,170 @@
+//! The mirror endpoint's handlers: one function per [`Route`], errors answered in the OCI error
+//! format exactly once, at [`Mirror::handle`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use crate::fetcher::Fetcher;
+use crate::manifests::Manifests;
+use crate::metrics::{KindLabel, Metrics, RequestLabel};
+use crate::names::{ByteRange, Reference, Repo};
+use crate::route::{Request, Route};
+use crate::serve::Body;
+use crate::upstream::Upstreams;
+use crate::Error;
+
+pub struct Mirror {
+    pub upstreams: Upstreams,
+    pub fetcher: Arc<Fetcher>,
+    pub manifests: Manifests,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Mirror {
+    pub async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let parsed = Request::parse(req.method(), req.uri());
+        let kind = match &parsed {
+            Ok(Request { route: Route::Blob { .. }, .. }) => "blob",
+            Ok(Request { route: Route::Manifest { .. }, .. }) => "manifest",
+            Ok(Request { route: Route::Base, .. }) => "base",
+            Err(_) => "invalid",
+        };
+        let result = match parsed {
+            Ok(r) => self.dispatch(r, req.headers()).await,
+            Err(e) => Err(e),
+        };
+        let resp = result.unwrap_or_else(|e| {
+            let (status, _) = e.oci();
+            if status >= 500 {
+                tracing::warn!(method = %req.method(), uri = %req.uri(), error = %e, "request failed");
+            } else {
+                tracing::debug!(method = %req.method(), uri = %req.uri(), error = %e, "request refused");
+            }
+            error_response(&e)
+        });
+        self.metrics.requests.get_or_create(&RequestLabel { kind, status: resp.status().as_u16() }).inc();
+        self.metrics.request_duration.get_or_create(&KindLabel { kind }).observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn dispatch(&self, req: Request, headers: &http::HeaderMap) -> Result<Response<Body>, Error> {
+        match req.route {
+            Route::Base => Ok(base_response(StatusCode::OK).body(full(Bytes::from_static(b"{}"))).map_err(internal)?),
+            Route::Manifest { name, reference } => self.manifest(req.ns.as_deref(), &name, &reference, req.head).await,
+            Route::Blob { name, digest } => {
+                // Validate the Range before anything goes upstream.
+                let range = match headers.get(header::RANGE) {
+                    Some(v) => Some(ByteRange::parse(v.to_str().map_err(|_| Error::RangeInvalid("<non-ASCII>".into(), "not ASCII"))?)?),
+                    None => None,
+                };
+                let up = self.upstreams.select(req.ns.as_deref())?;
+                if req.head {
+                    let (size, cached) = self.fetcher.head(&up, &name, &digest).await?;
+                    let b = blob_head(StatusCode::OK, size, &digest, cached);
+                    return b.body(empty()).map_err(internal);
+                }
+                self.blob(up, &name, digest, range).await
+            }
+        }
+    }
+
+    async fn manifest(&self, ns: Option<&str>, name: &Repo, reference: &Reference, head: bool) -> Result<Response<Body>, Error> {
+        let up = self.upstreams.select(ns)?;
+        let m = self.manifests.get(&up, name, reference).await?;
+        let b = base_response(StatusCode::OK)
+            .header(header::CONTENT_TYPE, header_value(&m.media_type))
+            .header(header::CONTENT_LENGTH, m.bytes.len())
+            .header("docker-content-digest", header_value(&m.digest.to_string()))
+            .header("x-ferry-source", m.source);
+        if !head {
+            self.metrics.served(m.source, m.bytes.len() as u64);
+        }
+        b.body(if head { empty() } else { full(m.bytes) }).map_err(internal)
+    }
+
+    async fn blob(
+        &self,
+        up: Arc<crate::upstream::Upstream>,
+        name: &Repo,
+        digest: p2p_node::Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Response<Body>, Error> {
+        let blob = self.fetcher.open(&up, name, &digest, range.is_none()).await?;
+        self.metrics.hit("blob", blob.cached);
+        let size = blob.size;
+        let cached = blob.cached;
+        let (status, bytes) = match range {
+            Some(r) => (StatusCode::PARTIAL_CONTENT, r.resolve(size)?),
+            None => (StatusCode::OK, 0..size),
+        };
+        let mut b = blob_head(status, bytes.end - bytes.start, &digest, cached);
+        if status == StatusCode::PARTIAL_CONTENT {
+            b = b.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", bytes.start, bytes.end - 1));
+        }
+        if bytes.is_empty() {
+            return b.body(empty()).map_err(internal);
+        }
+        // Wait for the first chunk before answering, so a failure before any byte is a clean error.
+        let mut rx = self.fetcher.stream(blob, bytes, range.is_none());
+        let first = match rx.recv().await {
+            Some(Ok(first)) => first,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(Error::Io {
+                    what: format!("streaming {digest}"),
+                    source: std::io::Error::other("stream ended before any byte"),
+                })
+            }
+        };
+        let rest = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map(Frame::data), rx)) });
+        let stream = futures_util::stream::once(async move { Ok(Frame::data(first)) });
+        let body = StreamBody::new(futures_util::StreamExt::chain(stream, rest));
+        b.body(BodyExt::boxed(body)).map_err(internal)
+    }
+}
+
+fn blob_head(status: StatusCode, len: u64, digest: &p2p_node::Digest, cached: bool) -> http::response::Builder {
+    base_response(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("docker-content-digest", header_value(&digest.to_string()))
+        .header("x-ferry-source", if cached { "cache" } else { "origin" })
+}
+
+fn base_response(status: StatusCode) -> http::response::Builder {
+    Response::builder().status(status).header("docker-distribution-api-version", "registry/2.0")
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn internal(e: http::Error) -> Error {
+    Error::Io { what: "building a response".into(), source: std::io::Error::other(e) }
+}
+
+/// The OCI error JSON for `e`, with its status.
+pub fn error_response(e: &Error) -> Response<Body> {
+    let (status, code) = e.oci();
+    let body = serde_json::json!({ "errors": [{ "code": code, "message": e.to_string(), "detail": null }] });
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    resp
+}

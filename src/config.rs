@@ -1,0 +1,282 @@
+//! The configuration file, merged with flags and validated into each component's settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use p2p_node::store::StoreConfig;
+use registry_proxy::{MirrorSettings, UpstreamSettings};
+use serde::Deserialize;
+
+use crate::cli::NodeFlags;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub store: StoreSection,
+    pub registry: RegistrySection,
+    pub metrics: MetricsSection,
+    pub admin: AdminSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub path: PathBuf,
+    /// Bytes with a unit, or a share of the filesystem ("80%").
+    pub capacity: String,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+}
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        StoreSection { path: "/var/lib/ferry".into(), capacity: "80%".into(), high_watermark: 0.9, low_watermark: 0.8 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    pub listen: SocketAddr,
+    pub upstreams: Vec<UpstreamEntry>,
+    pub default_upstream: Option<String>,
+    pub ca_files: Vec<PathBuf>,
+    pub docker_config: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub manifest_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+}
+
+impl Default for RegistrySection {
+    fn default() -> RegistrySection {
+        let d = MirrorSettings::default();
+        RegistrySection {
+            listen: ([127, 0, 0, 1], 5050).into(),
+            upstreams: Vec::new(),
+            default_upstream: None,
+            ca_files: Vec::new(),
+            docker_config: None,
+            connect_timeout: d.connect_timeout,
+            read_timeout: d.read_timeout,
+            manifest_timeout: d.manifest_timeout,
+            stale_if_error: d.stale_if_error,
+            piece_timeout: d.piece_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// The registry name containerd uses.
+    pub host: String,
+    /// Where to reach it; `https://<host>` when absent.
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> MetricsSection {
+        MetricsSection { enabled: true, listen: ([127, 0, 0, 1], 9464).into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub socket: PathBuf,
+}
+
+impl Default for AdminSection {
+    fn default() -> AdminSection {
+        AdminSection { socket: "/run/ferry/admin.sock".into() }
+    }
+}
+
+/// Everything `ferry node` needs, validated.
+#[derive(Debug)]
+pub struct NodeSettings {
+    pub store_path: PathBuf,
+    pub store: StoreConfig,
+    pub registry_listen: SocketAddr,
+    pub mirror: MirrorSettings,
+    pub metrics_listen: Option<SocketAddr>,
+    pub admin_socket: PathBuf,
+}
+
+/// Reads the file (if any) and applies the flags over it.
+pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
+    let mut file = match &flags.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    if let Some(p) = &flags.store {
+        file.store.path = p.clone();
+    }
+    if let Some(c) = &flags.capacity {
+        file.store.capacity = c.clone();
+    }
+    if let Some(a) = flags.registry_listen {
+        file.registry.listen = a;
+    }
+    if !flags.upstreams.is_empty() {
+        file.registry.upstreams = flags
+            .upstreams
+            .iter()
+            .map(|spec| {
+                let u = UpstreamSettings::parse(spec)?;
+                Ok(UpstreamEntry { host: u.host, url: Some(u.url.to_string()), username: None, password: None })
+            })
+            .collect::<Result<_, registry_proxy::Error>>()?;
+    }
+    file.registry.ca_files.extend(flags.upstream_cas.iter().cloned());
+    if let Some(d) = &flags.docker_config {
+        file.registry.docker_config = Some(d.clone());
+    }
+    if let Some(m) = flags.metrics_listen {
+        file.metrics.listen = m;
+    }
+    if let Some(s) = &flags.admin_socket {
+        file.admin.socket = s.clone();
+    }
+    Ok(file)
+}
+
+impl FileConfig {
+    pub fn upstream_settings(&self) -> Result<Vec<UpstreamSettings>> {
+        self.registry
+            .upstreams
+            .iter()
+            .map(|e| {
+                let spec = match &e.url {
+                    Some(url) => format!("{}={url}", e.host),
+                    None => e.host.clone(),
+                };
+                let mut u = UpstreamSettings::parse(&spec)?;
+                u.username = e.username.clone();
+                u.password = e.password.clone();
+                Ok(u)
+            })
+            .collect()
+    }
+
+    /// Validates into the node's settings.
+    pub fn node_settings(&self) -> Result<NodeSettings> {
+        let s = &self.store;
+        if !(0.0 < s.low_watermark && s.low_watermark < s.high_watermark && s.high_watermark <= 1.0) {
+            bail!(
+                "store watermarks must satisfy 0 < low_watermark < high_watermark <= 1 (got {} and {})",
+                s.low_watermark,
+                s.high_watermark
+            );
+        }
+        let upstreams = self.upstream_settings()?;
+        if upstreams.is_empty() {
+            bail!("no upstream registry configured: add --upstream HOST[=URL] or [[registry.upstreams]] in the config file");
+        }
+        let r = &self.registry;
+        Ok(NodeSettings {
+            store_path: s.path.clone(),
+            store: StoreConfig { capacity: 0, high_watermark: s.high_watermark, low_watermark: s.low_watermark },
+            registry_listen: r.listen,
+            mirror: MirrorSettings {
+                upstreams,
+                default_upstream: r.default_upstream.clone(),
+                extra_ca_files: r.ca_files.clone(),
+                docker_config: r.docker_config.clone(),
+                connect_timeout: r.connect_timeout,
+                read_timeout: r.read_timeout,
+                manifest_timeout: r.manifest_timeout,
+                stale_if_error: r.stale_if_error,
+                piece_timeout: r.piece_timeout,
+            },
+            metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
+            admin_socket: self.admin.socket.clone(),
+        })
+    }
+}
+
+/// Parses a capacity: `500GiB`, `2TB`, `1048576`, or `80%` of the filesystem holding `dir`.
+pub fn parse_capacity(spec: &str, dir: &Path) -> Result<u64> {
+    let spec = spec.trim();
+    if let Some(pct) = spec.strip_suffix('%') {
+        let pct: f64 = pct.trim().parse().with_context(|| format!("capacity {spec:?}: not a percentage"))?;
+        if !(0.0 < pct && pct <= 100.0) {
+            bail!("capacity {spec:?}: a percentage must be in (0, 100]");
+        }
+        let fs = rustix::fs::statvfs(dir).with_context(|| format!("reading the size of the filesystem of {}", dir.display()))?;
+        return Ok((fs.f_blocks as f64 * fs.f_frsize as f64 * pct / 100.0) as u64);
+    }
+    let split = spec.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(spec.len());
+    let (num, unit) = spec.split_at(split);
+    let num: f64 = num.parse().with_context(|| format!("capacity {spec:?}: expected a number with a unit, like 500GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        u => bail!("capacity {spec:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)"),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities() {
+        let d = Path::new("/");
+        assert_eq!(parse_capacity("10GiB", d).expect("ok"), 10 << 30);
+        assert_eq!(parse_capacity("1.5 GB", d).expect("ok"), 1_500_000_000);
+        assert_eq!(parse_capacity("4096", d).expect("ok"), 4096);
+        assert!(parse_capacity("50%", d).expect("ok") > 0);
+        for bad in ["", "GiB", "10 parsecs", "0%", "120%", "-1GiB"] {
+            assert!(parse_capacity(bad, d).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ferry.toml")).expect("deploy/ferry.toml");
+        let cfg: FileConfig = toml::from_str(&text).expect("example config parses");
+        let s = cfg.node_settings().expect("example config validates");
+        assert!(!s.mirror.upstreams.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("[store]\npaht = \"/x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[registry]\nmanifest_timeout = \"soon\"").is_err());
+        let cfg: FileConfig =
+            toml::from_str("[store]\nhigh_watermark = 0.5\nlow_watermark = 0.7\n[[registry.upstreams]]\nhost = \"x\"").expect("parses");
+        assert!(cfg.node_settings().is_err());
+        let flags = NodeFlags { upstreams: vec!["x=ftp://nope".into()], ..NodeFlags::default() };
+        assert!(load(&flags).is_err());
+    }
+}

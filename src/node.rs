@@ -1,0 +1,73 @@
+//! `ferry node`: opens the store, binds the sockets, runs the mirror until SIGTERM or SIGINT.
+
+use anyhow::{Context, Result};
+use p2p_node::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::NodeArgs;
+use crate::config;
+
+pub async fn run(args: NodeArgs) -> Result<()> {
+    let file = config::load(&args.flags)?;
+    let mut s = file.node_settings()?;
+    std::fs::create_dir_all(&s.store_path).with_context(|| format!("creating the store folder {}", s.store_path.display()))?;
+    s.store.capacity = config::parse_capacity(&file.store.capacity, &s.store_path)?;
+    let (path, store_config) = (s.store_path.clone(), s.store.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open(path, store_config))
+        .await?
+        .with_context(|| format!("opening the store at {}", s.store_path.display()))?;
+
+    let registry = tokio::net::TcpListener::bind(s.registry_listen)
+        .await
+        .with_context(|| format!("binding the registry mirror to {}", s.registry_listen))?;
+    let metrics = match s.metrics_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding the metrics endpoint to {a}"))?),
+        None => None,
+    };
+    let admin = bind_admin(&s.admin_socket)?;
+    tracing::info!(
+        registry = %registry.local_addr()?,
+        metrics = ?metrics.as_ref().and_then(|m| m.local_addr().ok()),
+        admin = %s.admin_socket.display(),
+        store = %s.store_path.display(),
+        capacity = s.store.capacity,
+        upstreams = ?s.mirror.upstreams.iter().map(|u| format!("{}={}", u.host, u.url)).collect::<Vec<_>>(),
+        "ferry node listening"
+    );
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
+    let result = registry_proxy::run(s.mirror, store, listeners, cancel).await;
+    let _ = std::fs::remove_file(&s.admin_socket);
+    result.context("running the node")?;
+    tracing::info!("ferry node stopped");
+    Ok(())
+}
+
+/// Binds the admin socket, replacing a stale one left by a killed node, refusing a live one.
+fn bind_admin(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another ferry node is running with admin socket {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale admin socket {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path).with_context(|| format!("binding the admin socket {}", path.display()))
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for signals; stop the node with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    cancel.cancel();
+}

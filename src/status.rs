@@ -1,0 +1,78 @@
+//! `ferry status`: asks the local node over its admin socket and prints what it says.
+
+use anyhow::{Context, Result};
+use registry_proxy::admin::Status;
+
+use crate::cli::StatusArgs;
+use crate::config;
+
+pub async fn run(args: StatusArgs) -> Result<()> {
+    let file = config::load(&args.flags)?;
+    let socket = file.admin.socket;
+    let status = registry_proxy::admin::fetch_status(&socket)
+        .await
+        .with_context(|| format!("is `ferry node` running with admin socket {}?", socket.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+fn render(s: &Status) -> String {
+    let t = &s.traffic;
+    let st = &s.store;
+    let served = t.served_cache_bytes + t.served_origin_bytes;
+    let pct = |n: u64| if served == 0 { 0.0 } else { 100.0 * n as f64 / served as f64 };
+    format!(
+        "ferry {} — mirror on {} for {}\n\
+         \n\
+         store      {}\n\
+         \x20 used      {} of {} ({} complete blobs, {} partial with {} present; {} evicted)\n\
+         \n\
+         served     {}\n\
+         \x20 cache     {} ({:.1}%)\n\
+         \x20 origin    {} ({:.1}%)\n\
+         fetched    {} from upstreams\n\
+         requests   blobs {} hits / {} misses, manifests {} hits / {} misses, {} stale tags served, {} failed fetches\n",
+        s.version,
+        s.registry_listen,
+        s.upstreams.join(", "),
+        st.path,
+        bytes(st.used),
+        bytes(st.capacity),
+        st.complete_blobs,
+        st.partial_blobs,
+        bytes(st.partial_bytes_present),
+        st.evicted_blobs,
+        bytes(served),
+        bytes(t.served_cache_bytes),
+        pct(t.served_cache_bytes),
+        bytes(t.served_origin_bytes),
+        pct(t.served_origin_bytes),
+        bytes(t.origin_bytes),
+        t.blob_hits,
+        t.blob_misses,
+        t.manifest_hits,
+        t.manifest_misses,
+        t.stale_served,
+        t.fetch_failures,
+    )
+}
+
+/// `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
