@@ -101,6 +101,10 @@ impl Fill {
                     buf = self.write(*next, buf).await?;
                     buf.clear();
                     *next += 1;
+                    if p.persist_due() {
+                        let p = p.clone();
+                        tokio::task::spawn_blocking(move || p.persist());
+                    }
                 }
             }
         }

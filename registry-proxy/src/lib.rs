@@ -74,8 +74,11 @@ pub async fn run(settings: MirrorSettings, store: Store, listeners: Listeners, c
     }
     servers.close();
     servers.wait().await;
+    // Fills stop at the cancel; streams end with their connections, which had their drain time.
     tasks.close();
-    tasks.wait().await;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait()).await.is_err() {
+        tracing::warn!("some transfers did not stop in time; abandoning them");
+    }
     tokio::task::spawn_blocking(move || store.flush()).await.map_err(fetcher::join_error)??;
     Ok(())
 }

@@ -397,6 +397,8 @@ impl Store {
             st.partial_access.insert(*d, SystemTime::now());
             return Ok(Some(p));
         }
+        // A map left from an earlier life of this digest must not vouch for the new file.
+        let _ = fs::remove_file(self.inner.map_path(d));
         let path = self.inner.data_path(d);
         let file = OpenOptions::new()
             .read(true)

@@ -200,18 +200,21 @@ impl Partial {
             return Err(Error::Failed { digest: self.digest, why: why.clone() });
         }
         self.file.write_all_at(data, range.start).map_err(|e| Error::io(format!("writing piece {index} of {}", self.digest), e))?;
-        let persist_now = {
+        {
             let mut p = lock(&self.pieces);
             p.present.set(index, true);
             p.claimed.set(index, false);
             p.unpersisted += 1;
-            p.unpersisted >= PERSIST_EVERY
-        };
-        self.changed.send_modify(|v| *v += 1);
-        if persist_now {
-            self.persist()?;
         }
+        self.changed.send_modify(|v| *v += 1);
         self.advance_hash(index, data)
+    }
+
+    /// Whether enough pieces arrived since the last [`Partial::persist`] that it is worth calling
+    /// (the writer may call it in the background; it only makes progress durable).
+    pub fn persist_due(&self) -> bool {
+        let p = lock(&self.pieces);
+        p.status == Status::Filling && p.unpersisted >= PERSIST_EVERY
     }
 
     /// Reads bytes at `offset` (the caller checked they are present). Blocking.
@@ -266,6 +269,8 @@ impl Partial {
 
     fn finish(&self, got: Digest) -> Result<(), Error> {
         let Some(store) = self.store.upgrade() else { return Ok(()) };
+        // No bitmap write may land after the commit or failure removed the map.
+        let _no_persist = lock(&self.persist);
         let result = if got == self.digest {
             store.commit_partial(self, &self.file)
         } else {
