@@ -20,8 +20,11 @@ use super::{Inner, PIECE_SIZE};
 use crate::digest::{Digest, Hasher};
 use crate::Error;
 
-/// Persist the bitmap after this many newly written pieces (and when a fetch ends).
+/// Persist the bitmap after this many newly written pieces...
 const PERSIST_EVERY: u32 = 64;
+/// ...or when this long has passed since the last persist with any new piece (and when a fetch
+/// ends), so a crash loses at most about this much fetching.
+const PERSIST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What [`Partial::poll`] found for a byte range.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +51,7 @@ struct Pieces {
     present: Bitmap,
     claimed: Bitmap,
     unpersisted: u32,
+    last_persist: std::time::Instant,
     status: Status,
 }
 
@@ -92,7 +96,13 @@ impl Partial {
             size,
             file,
             store,
-            pieces: Mutex::new(Pieces { present, claimed: Bitmap::new(n), unpersisted: 0, status: Status::Filling }),
+            pieces: Mutex::new(Pieces {
+                present,
+                claimed: Bitmap::new(n),
+                unpersisted: 0,
+                last_persist: std::time::Instant::now(),
+                status: Status::Filling,
+            }),
             hash: Mutex::new(HashProgress { next: 0, hasher: Hasher::new() }),
             persist: Mutex::new(()),
             changed: watch::channel(0).0,
@@ -214,7 +224,7 @@ impl Partial {
     /// (the writer may call it in the background; it only makes progress durable).
     pub fn persist_due(&self) -> bool {
         let p = lock(&self.pieces);
-        p.status == Status::Filling && p.unpersisted >= PERSIST_EVERY
+        p.status == Status::Filling && (p.unpersisted >= PERSIST_EVERY || (p.unpersisted > 0 && p.last_persist.elapsed() >= PERSIST_AFTER))
     }
 
     /// Reads bytes at `offset` (the caller checked they are present). Blocking.
@@ -231,6 +241,7 @@ impl Partial {
                 return Ok(());
             }
             p.unpersisted = 0;
+            p.last_persist = std::time::Instant::now();
             p.present.clone()
         };
         let Some(store) = self.store.upgrade() else { return Ok(()) };

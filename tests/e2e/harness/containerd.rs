@@ -1,0 +1,172 @@
+//! containerd 1.6 in a sandbox: its own root, state, sockets and `opt` path inside a temp dir,
+//! CRI and exotic snapshotters disabled, runc as the runtime. Helpers run `ctr` against it
+//! (pull through a `--hosts-dir` mirror config, run a container, remove images with a
+//! synchronous GC) and write `certs.d/<host>/hosts.toml` pointing at a ferry mirror.
+//!
+//! On drop: shims started for this sandbox and containerd itself are killed, and every mount
+//! below the sandbox is unmounted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, require_binary, run_cmd, temp_dir, wait_for, CmdOutput};
+
+/// A running sandboxed containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// gRPC socket, for `ctr --address`.
+    pub socket: PathBuf,
+    /// The certs.d folder passed as `--hosts-dir`.
+    pub hosts_dir: PathBuf,
+}
+
+const DISABLED_PLUGINS: &str = r#"["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]"#;
+
+impl Containerd {
+    /// Starts containerd and waits (20 s) until `ctr version` reaches it.
+    pub async fn start() -> Self {
+        for (bin, package) in [("containerd", "containerd"), ("ctr", "containerd"), ("runc", "runc")] {
+            require_binary(bin, package);
+        }
+        let dir = temp_dir("containerd");
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let hosts_dir = d.join("certs.d");
+        std::fs::create_dir_all(&hosts_dir).expect("create certs.d");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = {DISABLED_PLUGINS}\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"{debug}\"\n[metrics]\n  address = \"\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+            debug = d.join("debug.sock").display(),
+            opt = d.join("opt").display(),
+        );
+        let config_path = d.join("config.toml");
+        std::fs::write(&config_path, config).expect("write containerd config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("create containerd log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let containerd = Containerd { dir, child: Some(child), socket, hosts_dir };
+        wait_for("sandboxed containerd to answer `ctr version`", Duration::from_secs(20), || {
+            let ok = containerd.ctr(&["version"], Duration::from_secs(10)).success;
+            async move { ok.then_some(()) }
+        })
+        .await;
+        containerd
+    }
+
+    /// Runs `ctr --address SOCK ARGS...` with a timeout.
+    pub fn ctr(&self, args: &[&str], timeout: Duration) -> CmdOutput {
+        run_cmd(Command::new("ctr").arg("--address").arg(&self.socket).args(args), timeout)
+    }
+
+    /// Writes `certs.d/<registry_host>/hosts.toml` with `mirror` (e.g. `http://127.0.0.1:5050`)
+    /// as the only pull/resolve host. `server` points at a closed loopback port so that a
+    /// failing mirror never sends containerd to the network.
+    pub fn use_mirror(&self, registry_host: &str, mirror: &str) {
+        let dir = self.hosts_dir.join(registry_host);
+        std::fs::create_dir_all(&dir).expect("create certs.d/<host>");
+        let dead_end = format!("http://127.0.0.1:{}", free_port());
+        let hosts = format!("server = \"{dead_end}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+        std::fs::write(dir.join("hosts.toml"), hosts).expect("write hosts.toml");
+    }
+
+    /// `ctr image pull --hosts-dir CERTS_D IMAGE`; Err carries ctr's output.
+    pub fn pull(&self, image: &str) -> Result<String, String> {
+        let hosts_dir = self.hosts_dir.to_string_lossy().to_string();
+        let out = self.ctr(&["image", "pull", "--hosts-dir", &hosts_dir, image], Duration::from_secs(120));
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(format!("ctr image pull {image} failed:\n{}\n{}", out.stdout, out.stderr))
+        }
+    }
+
+    /// `ctr run --rm IMAGE ID CMD...`; returns the container's stdout.
+    pub fn run(&self, image: &str, id: &str, cmd: &[&str]) -> Result<String, String> {
+        let mut args = vec!["run", "--rm", image, id];
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args, Duration::from_secs(60));
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(format!("ctr run {image} failed:\n{}\n{}", out.stdout, out.stderr))
+        }
+    }
+
+    /// `ctr image rm --sync IMAGE`: removes the image and garbage-collects its content.
+    pub fn remove_image(&self, image: &str) {
+        let out = self.ctr(&["image", "rm", "--sync", image], Duration::from_secs(60));
+        assert!(out.success, "ctr image rm {image}: {}", out.stderr);
+    }
+
+    /// Digests in containerd's content store.
+    pub fn content_digests(&self) -> Vec<String> {
+        let out = self.ctr(&["content", "ls", "--quiet"], Duration::from_secs(30));
+        assert!(out.success, "ctr content ls: {}", out.stderr);
+        out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    }
+
+    fn kill_shims(&self) {
+        let needle = self.socket.to_string_lossy().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for entry in procs.filter_map(Result::ok) {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if !pid.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
+                run_cmd(Command::new("kill").args(["-9", &pid]), Duration::from_secs(5));
+            }
+        }
+    }
+
+    fn unmount_all(path: &Path) {
+        let prefix = path.to_string_lossy().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<String> =
+            mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4).map(str::to_string)).filter(|m| m.starts_with(&prefix)).collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            let _ = run_cmd(Command::new("umount").args(["-l", &mount]), Duration::from_secs(10));
+        }
+    }
+
+    /// containerd's log, for failure reports.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.kill_shims();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Self::unmount_all(self.dir.path());
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: String = log.chars().rev().take(10_000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("===== containerd log (tail) =====\n{tail}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! End-to-end tests of `ferry node`, the caching OCI registry mirror, against real parts:
+//! Debian's `docker-registry` (plain, htpasswd, TLS, bearer token), images built with umoci and
+//! pushed with skopeo, a sandboxed containerd 1.6 with runc, and a fault-injecting proxy.
+//!
+//! `harness/` starts and cleans up those parts; `harness_checks` proves the harness against the
+//! real components without ferry; every other module tests one promise of the mirror.
+//! Tests run in parallel: each owns its temp dirs, ports and processes. Every process is
+//! killed on drop, and the logs of ferry, docker-registry and containerd are printed when a
+//! test fails. `FERRY_E2E_LOG=debug` sets ferry's `RUST_LOG`.
+//! Needs root and Debian's containerd, runc, docker-registry, skopeo, umoci, busybox-static,
+//! apache2-utils and openssl; a missing one fails the test naming the package to install.
+
+mod harness;
+
+mod auth;
+mod coalescing;
+mod containerd_pull;
+mod corruption;
+mod crash;
+mod harness_checks;
+mod malformed;
+mod mirror;
+mod offline;
+mod ranges;
