@@ -11,7 +11,7 @@ pub enum Error {
     SizeConflict { digest: Digest, known: u64, offered: u64 },
     #[error("piece {index} of {digest} has the wrong length ({len} bytes)")]
     BadPiece { digest: Digest, index: u32, len: u64 },
-    #[error("{digest} is {size} bytes, over the limit of {limit}")]
+    #[error("{digest} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { digest: Digest, size: u64, limit: u64 },
     #[error("{digest} failed: {why}")]
     Failed { digest: Digest, why: String },

@@ -72,6 +72,7 @@ impl Error {
             Error::UpstreamStatus { .. } | Error::UpstreamUnreachable { .. } | Error::UpstreamBad { .. } => (502, "UNAVAILABLE"),
             Error::Store(p2p_node::Error::DigestMismatch { .. }) => (502, "DIGEST_INVALID"),
             Error::Store(p2p_node::Error::Failed { .. }) => (502, "UNAVAILABLE"),
+            Error::Store(p2p_node::Error::TooLarge { .. }) => (507, "UNAVAILABLE"),
             Error::Store(_) | Error::Io { .. } | Error::Config(_) => (500, "UNKNOWN"),
         }
     }

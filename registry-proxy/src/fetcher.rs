@@ -258,13 +258,7 @@ impl Fetcher {
             rx.borrow_and_update();
             match p.poll(need.clone()) {
                 RangeState::Ready => return Ok(()),
-                RangeState::Failed(why) => {
-                    return Err(Error::UpstreamBad {
-                        upstream: blob.upstream.host.clone(),
-                        what: format!("blob {}", blob.digest),
-                        reason: why,
-                    })
-                }
+                RangeState::Failed(why) => return Err(Error::Store(p2p_node::Error::Failed { digest: blob.digest, why })),
                 RangeState::Claimed(mut runs) => {
                     if let Some(reason) = self.failed_since(&blob.digest, started) {
                         runs.into_iter().for_each(|r| p.unclaim(r));
@@ -323,7 +317,12 @@ impl Fetcher {
                 tracing::warn!(digest = %fill.p.digest(), error = %e, "fetch failed");
                 let bad_digest = matches!(e, Error::Store(p2p_node::Error::DigestMismatch { .. }));
                 lock(&failures).insert(fill.p.digest(), Failure { at: Instant::now(), reason: e.to_string(), bad_digest });
-                fill.p.unclaim(rest);
+                if matches!(e, Error::Store(p2p_node::Error::Io { .. })) {
+                    // The store cannot take it (disk full, I/O error): free what it holds.
+                    fill.p.fail(e.to_string());
+                } else {
+                    fill.p.unclaim(rest);
+                }
             }
             let p = fill.p.clone();
             let _ = tokio::task::spawn_blocking(move || p.persist()).await;

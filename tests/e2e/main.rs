@@ -17,6 +17,7 @@ mod coalescing;
 mod containerd_pull;
 mod corruption;
 mod crash;
+mod disk_full;
 mod harness_checks;
 mod malformed;
 mod mirror;

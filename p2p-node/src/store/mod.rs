@@ -385,6 +385,9 @@ impl Store {
             self.put(d, &[])?;
             return Ok(None);
         }
+        if size > self.inner.config.capacity {
+            return Err(Error::TooLarge { digest: *d, size, limit: self.inner.config.capacity });
+        }
         let mut st = self.inner.lock();
         if st.complete.contains_key(d) {
             return Ok(None);

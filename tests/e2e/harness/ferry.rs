@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, http_client, run_cmd, temp_dir};
+use super::{free_port, http_client, run_cmd, run_ok, temp_dir};
 
 /// The `ferry` binary cargo built for this integration test.
 pub const FERRY_BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -27,6 +27,8 @@ pub struct FerryOptions {
     pub docker_config: Option<PathBuf>,
     /// Anything else, verbatim.
     pub extra_args: Vec<String>,
+    /// Put the store on its own tmpfs of this many bytes (a small disk that can fill up).
+    pub store_tmpfs: Option<u64>,
 }
 
 impl FerryOptions {
@@ -54,6 +56,13 @@ impl FerryNode {
     pub async fn start(options: FerryOptions) -> Self {
         let mut node =
             FerryNode { dir: temp_dir("ferry"), options, child: None, registry_addr: String::new(), metrics_addr: String::new(), runs: 0 };
+        if let Some(bytes) = node.options.store_tmpfs {
+            std::fs::create_dir_all(node.store()).expect("create store dir");
+            run_ok(
+                Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"]).arg(node.store()),
+                Duration::from_secs(10),
+            );
+        }
         node.spawn().await;
         node
     }
@@ -221,6 +230,9 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 impl Drop for FerryNode {
     fn drop(&mut self) {
         self.kill9();
+        if self.options.store_tmpfs.is_some() {
+            let _ = Command::new("umount").arg("-l").arg(self.store()).status();
+        }
         if std::thread::panicking() {
             eprintln!("===== ferry node log ({}) =====\n{}", self.dir.path().display(), self.log());
         }
