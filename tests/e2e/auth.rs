@@ -86,7 +86,10 @@ async fn token_auth_upstream_with_docker_config() {
     let ferry = ferry_with(&registry, Some(good)).await;
     let issued_before = tokens.issued();
     pull_and_verify(&ferry.url(), "test/busybox", "latest", NS, &image).await;
-    assert!(tokens.issued() > issued_before, "ferry pulled from a token-auth registry without asking the token server");
+    assert_eq!(tokens.issued() - issued_before, 1, "one token for the whole pull: tokens are cached per repository until they expire");
+    // A second pull revalidates the tag with the cached token: no new token.
+    pull_and_verify(&ferry.url(), "test/busybox", "latest", NS, &image).await;
+    assert_eq!(tokens.issued() - issued_before, 1, "the cached token is reused");
 
     let wrong = docker_config(work.path(), "wrong.json", "tok-user", "wrong");
     let denied = ferry_with(&registry, Some(wrong)).await;

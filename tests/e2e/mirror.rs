@@ -1,11 +1,14 @@
 //! The mirror's basic contract over HTTP: manifests by tag and digest, blobs, HEAD, 404s,
 //! `X-Ferry-Source` origin then cache, one upstream GET per blob, and the metrics that say so.
 
-use crate::harness::ferry::{FerryNode, FerryOptions};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::ferry::{FerryNode, FerryOptions, FERRY_BIN};
 use crate::harness::image::{build_busybox, push};
 use crate::harness::oci::{blob_url, get_ok, head, manifest_url, pull_and_verify, MANIFEST_ACCEPT};
 use crate::harness::registry::Registry;
-use crate::harness::temp_dir;
+use crate::harness::{run_ok, temp_dir};
 
 const NS: &str = "?ns=registry.local";
 
@@ -52,6 +55,18 @@ async fn serves_image_from_origin_then_from_cache() {
     assert!(origin < 2.0 * blob_bytes + 100_000.0, "ferry_origin_bytes_total {origin}: blobs fetched twice?");
     assert!(from_cache >= 2.0 * blob_bytes, "ferry_bytes_served_total{{source=cache}} {from_cache} < two pulls' worth");
     assert!(hits >= 4.0, "ferry_cache_hits_total{{kind=blob}} = {hits}, expected >= 4");
+
+    // `ferry status` tells the same story over the admin socket.
+    let socket = ferry.admin_socket();
+    let json = run_ok(Command::new(FERRY_BIN).args(["status", "--json", "--admin-socket"]).arg(&socket), Duration::from_secs(10));
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("ferry status --json: {e}\n{json}"));
+    let traffic = &status["traffic"];
+    assert_eq!(traffic["origin_bytes"].as_f64(), Some(origin), "status and metrics agree on origin bytes: {status}");
+    assert_eq!(traffic["served_cache_bytes"].as_f64(), Some(from_cache), "{status}");
+    assert!(status["store"]["complete_blobs"].as_u64() >= Some(image.blobs().len() as u64 + 1), "blobs and manifest kept: {status}");
+    assert_eq!(status["upstreams"], serde_json::json!(["registry.local"]));
+    let table = run_ok(Command::new(FERRY_BIN).args(["status", "--admin-socket"]).arg(&socket), Duration::from_secs(10));
+    assert!(table.contains("cache") && table.contains("origin") && table.contains("registry.local"), "ferry status:\n{table}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -72,6 +72,11 @@ impl FerryNode {
         self.dir.path().join("store")
     }
 
+    /// The node's admin socket (`--admin-socket`), which `ferry status` reads.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
     /// `http://127.0.0.1:PORT` of the mirror.
     pub fn url(&self) -> String {
         format!("http://{}", self.registry_addr)
