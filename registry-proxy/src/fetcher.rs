@@ -21,14 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::buffers::{Pool, CHUNK};
 use crate::fill::Fill;
 use crate::metrics::Metrics;
 use crate::names::Repo;
 use crate::upstream::Upstream;
 use crate::Error;
 
-/// Bytes per chunk handed to the HTTP body.
-const CHUNK: usize = 512 * 1024;
 /// Chunks a reader may run ahead of its client.
 const READ_AHEAD: usize = 2;
 /// How long a digest mismatch from the origin is remembered (answered 502 without refetching).
@@ -69,6 +68,7 @@ pub struct Fetcher {
     failures: Arc<Mutex<HashMap<Digest, Failure>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    buffers: Arc<Pool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +77,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Fetcher {
     pub fn new(store: Store, metrics: Arc<Metrics>, piece_timeout: Duration, tasks: TaskTracker, cancel: CancellationToken) -> Fetcher {
-        Fetcher { store, metrics, piece_timeout, opening: Mutex::default(), failures: Arc::default(), tasks, cancel }
+        Fetcher {
+            store,
+            metrics,
+            piece_timeout,
+            opening: Mutex::default(),
+            failures: Arc::default(),
+            tasks,
+            cancel,
+            buffers: Arc::default(),
+        }
     }
 
     /// The blob's size, and whether the store has it whole, without fetching its bytes.
@@ -198,15 +207,11 @@ impl Fetcher {
         while offset < range.end {
             let len = (range.end - offset).min(CHUNK as u64) as usize;
             let r = r.clone();
-            let buf = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; len];
-                r.read_at(&mut buf, offset).map(|()| buf)
-            })
-            .await
-            .map_err(join_error)??;
+            let mut buf = self.buffers.take();
+            let buf = tokio::task::spawn_blocking(move || r.read_at(&mut buf[..len], offset).map(|()| buf)).await.map_err(join_error)??;
             offset += len as u64;
             self.metrics.served("cache", len as u64);
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            if tx.send(Ok(self.buffers.freeze(buf, len))).await.is_err() {
                 return Ok(()); // the client left
             }
         }
@@ -234,15 +239,11 @@ impl Fetcher {
             let len = (end - offset) as usize;
             let p2 = p.clone();
             let start = offset;
-            let buf = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; len];
-                p2.read_at(&mut buf, start).map(|()| buf)
-            })
-            .await
-            .map_err(join_error)??;
+            let mut buf = self.buffers.take();
+            let buf = tokio::task::spawn_blocking(move || p2.read_at(&mut buf[..len], start).map(|()| buf)).await.map_err(join_error)??;
             offset = end;
             self.metrics.served(if cached { "cache" } else { "origin" }, len as u64);
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            if tx.send(Ok(self.buffers.freeze(buf, len))).await.is_err() {
                 return Ok(());
             }
         }

@@ -15,6 +15,7 @@
 //! memory per request is bounded whatever the blob size.
 
 pub mod admin;
+mod buffers;
 mod error;
 pub mod fetcher;
 mod fill;

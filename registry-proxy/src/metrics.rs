@@ -86,6 +86,14 @@ impl Default for Metrics {
         registry.register("ferry_fetch_failures", "Upstream fetches that failed after retries", m.fetch_failures.clone());
         registry.register("ferry_store_used_bytes", "Bytes the content store holds or has reserved", m.store_used.clone());
         registry.register("ferry_store_capacity_bytes", "The content store's capacity", m.store_capacity.clone());
+        // Known label sets exist from the start, at zero, so scrapers see them on a fresh node.
+        for source in ["cache", "origin"] {
+            let _ = m.bytes_served.get_or_create(&SourceLabel { source });
+        }
+        for kind in ["blob", "manifest"] {
+            let _ = m.cache_hits.get_or_create(&KindLabel { kind });
+            let _ = m.cache_misses.get_or_create(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
     }
 }
@@ -141,4 +149,23 @@ pub struct Traffic {
     pub manifest_misses: u64,
     pub stale_served: u64,
     pub fetch_failures: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_node_exposes_its_counters_at_zero() {
+        let text = Metrics::default().encode();
+        for line in [
+            "ferry_bytes_served_total{source=\"cache\"} 0",
+            "ferry_bytes_served_total{source=\"origin\"} 0",
+            "ferry_cache_hits_total{kind=\"blob\"} 0",
+            "ferry_cache_misses_total{kind=\"manifest\"} 0",
+            "ferry_origin_bytes_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
 }
