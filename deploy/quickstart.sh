@@ -19,6 +19,8 @@
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=deploy/lib.sh
+. "$REPO_ROOT/deploy/lib.sh"
 IMAGE=demo.local/demo/busybox:latest
 KEEP=0
 W=""    # the work dir; everything lives in it
@@ -45,44 +47,18 @@ parse_args() {
 # Debian packages the demo needs. Package scripts are kept from starting system
 # services (e.g. the distro's own containerd): the demo runs its own copies.
 install_packages() {
-    local pkgs=(containerd runc docker-registry skopeo umoci busybox-static curl jq util-linux) missing=() p
-    for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    ((${#missing[@]})) || return 0
-    step "Installing ${missing[*]}"
-    local policy=/usr/sbin/policy-rc.d added=0
-    if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    if ((added)); then rm -f "$policy"; fi
+    step "Checking Debian packages"
+    apt_ensure containerd runc docker-registry skopeo umoci busybox-static curl jq util-linux || die "cannot install the demo's packages"
 }
 
 build_ferry() {
     if [[ -n ${FERRY:-} ]]; then return; fi
-    # rustup's default location, in case it is not on PATH (e.g. under sudo)
-    if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
-    command -v cargo >/dev/null 2>&1 || die "cargo not found. Install Rust >= 1.85 first:
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \$HOME/.cargo/env"
+    ensure_cargo || exit 1
     step "Building ferry (cargo build --release --bin ferry)"
     (cd "$REPO_ROOT" && cargo build --release --bin ferry)
     FERRY=$REPO_ROOT/target/release/ferry
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on yet.
-USED_PORTS=" "
-free_port() {
-    local port hex
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        printf -v hex '%04X' "$port"
-        if ! awk -v h=":$hex" '$4=="0A" && substr($2, length($2)-4)==h {f=1} END {exit !f}' \
-            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
 
 # wait_until NAME PID CMD...: retry CMD for up to 30 s while PID is alive.
 wait_until() {

@@ -22,7 +22,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 
 fn render(s: &Status) -> String {
     let t = &s.traffic;
-    let st = &s.store;
+    let st = &s.store.usage;
     let served = t.served_cache_bytes + t.served_origin_bytes;
     let pct = |n: u64| if served == 0 { 0.0 } else { 100.0 * n as f64 / served as f64 };
     format!(
@@ -39,7 +39,7 @@ fn render(s: &Status) -> String {
         s.version,
         s.registry_listen,
         s.upstreams.join(", "),
-        st.path,
+        s.store.path,
         bytes(st.used),
         bytes(st.capacity),
         st.complete_blobs,

@@ -8,6 +8,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 
 section() { printf '\n========== %s ==========\n' "$*"; }
 
@@ -16,42 +18,13 @@ PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static fuse3 ipro
 
 install_packages() {
     section "Debian packages"
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    if ((${#missing[@]} == 0)); then
-        echo "all present: ${PACKAGES[*]}"
-        return
-    fi
-    if ((EUID != 0)); then
-        echo "missing ${missing[*]} and not root: cannot apt-get install" >&2
-        exit 1
-    fi
-    echo "installing: ${missing[*]}"
-    # Keep package scripts from starting system services (containerd, nginx,
-    # docker-registry): the tests start their own, sandboxed instances.
-    local policy=/usr/sbin/policy-rc.d added=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod +x "$policy"
-        added=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${PACKAGES[@]}"
-    if ((added)); then rm -f "$policy"; fi
+    apt_ensure "${PACKAGES[@]}"
+    echo "present: ${PACKAGES[*]}"
 }
 
 check_rust() {
     section "Rust toolchain"
-    # rustup's default location, in case it is not on PATH (e.g. under sudo)
-    if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
-    if ! command -v cargo >/dev/null 2>&1; then
-        cat >&2 <<'MSG'
-cargo not found. Install Rust >= 1.85 first, e.g.:
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
-    . "$HOME/.cargo/env"
-MSG
-        exit 1
-    fi
+    ensure_cargo || exit 1
     if command -v rustup >/dev/null 2>&1; then
         local installed missing=() c
         installed=$(rustup component list --installed 2>/dev/null || true)

@@ -29,30 +29,8 @@ pub struct Status {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoreStatus {
     pub path: String,
-    pub capacity: u64,
-    pub used: u64,
-    pub complete_blobs: u64,
-    pub complete_bytes: u64,
-    pub partial_blobs: u64,
-    pub partial_bytes_present: u64,
-    pub evicted_blobs: u64,
-    pub evicted_bytes: u64,
-}
-
-impl StoreStatus {
-    fn new(store: &Store, u: Usage) -> StoreStatus {
-        StoreStatus {
-            path: store.root().display().to_string(),
-            capacity: u.capacity,
-            used: u.used,
-            complete_blobs: u.complete_blobs,
-            complete_bytes: u.complete_bytes,
-            partial_blobs: u.partial_blobs,
-            partial_bytes_present: u.partial_bytes_present,
-            evicted_blobs: u.evicted_blobs,
-            evicted_bytes: u.evicted_bytes,
-        }
-    }
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 /// Everything the admin and metrics endpoints read.
@@ -69,7 +47,7 @@ impl AdminState {
             version: env!("CARGO_PKG_VERSION").to_string(),
             registry_listen: self.registry_listen.clone(),
             upstreams: self.upstreams.clone(),
-            store: StoreStatus::new(&self.store, self.store.usage()),
+            store: StoreStatus { path: self.store.root().display().to_string(), usage: self.store.usage() },
             traffic: self.metrics.snapshot(),
         }
     }

@@ -33,6 +33,8 @@ SIZE_MIB=${SIZE_MIB:-1024}
 SIZE=$((SIZE_MIB * 1024 * 1024))
 RSS_TARGET_MIB=64
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=deploy/lib.sh
+. "$REPO_ROOT/deploy/lib.sh"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -40,22 +42,7 @@ die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- setup ----
 
 install_deps() {
-    local pkgs=(docker-registry nginx-light curl coreutils procps) missing=() p
-    for p in "${pkgs[@]}"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    ((${#missing[@]})) || return 0
-    ((EUID == 0)) || die "missing packages ${missing[*]}; run as root or install them"
-    log "installing ${missing[*]}"
-    # Keep package scripts from starting system services (nginx on :80,
-    # docker-registry on :5000): this machine has no init system for them.
-    local policy=/usr/sbin/policy-rc.d added_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    if ((added_policy)); then rm -f "$policy"; fi
+    apt_ensure docker-registry nginx-light curl coreutils procps || die "cannot install the benchmark's packages"
 }
 
 build_ferry() {
@@ -63,12 +50,7 @@ build_ferry() {
         [[ -x $FERRY ]] || die "FERRY=$FERRY is not executable"
         return
     fi
-    # rustup's default location, in case it is not on PATH (e.g. under sudo)
-    if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
-    if ! command -v cargo >/dev/null 2>&1; then
-        die "cargo not found. Install Rust >= 1.85, e.g.:
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \$HOME/.cargo/env"
-    fi
+    ensure_cargo || exit 1
     log "building ferry (release)"
     (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2
     FERRY=$REPO_ROOT/target/release/ferry
@@ -97,22 +79,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A TCP port on 127.0.0.1 that nothing listens on (checked in /proc/net/tcp*).
-USED_PORTS=" "
-free_port() {
-    local port hex
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        printf -v hex '%04X' "$port"
-        if ! awk -v h=":$hex" '$4=="0A" && substr($2, length($2)-4)==h {f=1} END {exit !f}' \
-            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
 
 # wait_http URL PID NAME: wait until URL answers 200 while PID is alive.
 wait_http() {

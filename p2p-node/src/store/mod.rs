@@ -55,7 +55,7 @@ pub enum BlobState {
 }
 
 /// Totals for `ferry status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub capacity: u64,
     pub used: u64,
