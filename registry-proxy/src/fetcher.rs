@@ -112,10 +112,8 @@ impl Fetcher {
             OpenBlob { digest: *d, size, cached, source, upstream: up.clone(), name: name.clone(), present_at_open }
         };
         if let Some(r) = self.store.open_blob(d)? {
-            return Ok(blob(Source::Complete(Arc::new(r)), 0, true)).map(|mut b| {
-                b.size = size_of(&b.source);
-                b
-            });
+            let size = r.size();
+            return Ok(blob(Source::Complete(Arc::new(r)), size, true));
         }
         if let Some(f) = lock(&self.failures).get(d).filter(|f| f.bad_digest && f.at.elapsed() < BAD_DIGEST_MEMORY) {
             return Err(Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: f.reason.clone() });
@@ -123,10 +121,21 @@ impl Fetcher {
         if let Some(p) = self.store.partial(d) {
             return Ok(blob(Source::Partial(p.clone()), p.size(), false));
         }
+        let waiting_since = Instant::now();
         let gate = lock(&self.opening).entry(*d).or_default().clone();
         let _one = gate.lock().await;
+        // If the request we queued behind failed, fail with it rather than try again in turn.
+        if let Some(reason) = self.failed_since(d, waiting_since) {
+            return Err(Error::UpstreamUnreachable { upstream: up.host.clone(), what: format!("blob {d}"), reason });
+        }
         let result = self.open_cold(up, name, d, whole).await;
         lock(&self.opening).remove(d);
+        if let Err(e) = &result {
+            if e.is_upstream_failure() {
+                let failure = Failure { at: Instant::now(), reason: e.to_string(), bad_digest: false };
+                lock(&self.failures).insert(*d, failure);
+            }
+        }
         let source = result?;
         let size = size_of(&source);
         Ok(blob(source, size, false))

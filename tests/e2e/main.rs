@@ -13,6 +13,7 @@
 mod harness;
 
 mod auth;
+mod blackhole;
 mod coalescing;
 mod containerd_pull;
 mod corruption;
