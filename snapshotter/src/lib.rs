@@ -1,9 +1,26 @@
 //! # snapshotter: everything containerd- and FUSE-specific
 //!
-//! Not built yet. It will hold the containerd Snapshots gRPC service (a `proxy_plugins`
-//! snapshotter), snapshot metadata, overlay mounts, the lazy layer formats (zstd:chunked and
-//! eStargz: read and write), the FUSE layer filesystem built from a layer's table of contents,
-//! prefetch, and `ferry convert`.
+//! Built so far: the lazy layer formats.
+//! - [`toc`]: the table of contents both formats share, validated once into a [`toc::Toc`] whose
+//!   names are safe and whose chunks are contiguous, digested and inside the blob;
+//! - [`tar`]: a streaming tar reader that keeps each entry's raw header bytes;
+//! - [`zstd_chunked`]: writer and reader of zstd:chunked layers;
+//! - [`estargz`]: reader (and a writer for tests) of eStargz layers;
+//! - [`layer`]: opens either format from a [`blob::ReadAt`] and reads verified chunks.
 //!
-//! It will read blobs through a small trait, so that it works against the node's fetcher or a plain
-//! registry alike, and it depends only on `p2p-node` (digests), never on `registry-proxy`.
+//! Planned: the containerd Snapshots gRPC service, overlay mounts, the FUSE layer filesystem
+//! built from a [`toc::Toc`], prefetch.
+//!
+//! Data flow: blob bytes → footer → TOC (checked against the digest the image manifest
+//! annotates) → entries → chunk byte ranges → decompressed, verified chunk bytes.
+//!
+//! Invariants: no chunk byte is returned before it matched the chunk digest from a TOC whose own
+//! digest matched the manifest annotation; no path leaves the layer; every size read from a
+//! layer is bounded before anything is allocated for it. Depends only on `p2p-node`.
+
+pub mod blob;
+mod error;
+pub mod tar;
+pub mod toc;
+
+pub use error::Error;
