@@ -22,5 +22,6 @@ pub mod blob;
 mod error;
 pub mod tar;
 pub mod toc;
+pub mod zstd_chunked;
 
 pub use error::Error;
