@@ -10,7 +10,7 @@ fn sample_tar() -> (tempfile::TempDir, Vec<u8>, BTreeMap<String, Vec<u8>>) {
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("sub")).expect("mkdir");
     let mut files = BTreeMap::new();
-    let big: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect();
     for (name, data) in [
         ("big.bin", big),
         ("empty", Vec::new()),
