@@ -19,6 +19,7 @@
 //! layer is bounded before anything is allocated for it. Depends only on `p2p-node`.
 
 pub mod blob;
+pub mod convert;
 mod error;
 pub mod tar;
 pub mod toc;

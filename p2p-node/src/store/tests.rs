@@ -1,6 +1,3 @@
-// Lists of piece runs with one run are intended here.
-#![allow(clippy::single_range_in_vec_init)]
-
 use super::*;
 
 fn blob(len: usize, seed: u8) -> Vec<u8> {
