@@ -24,6 +24,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Print (or write) the containerd hosts.toml that makes containerd pull through this node.
     ContainerdConfig(ContainerdConfigArgs),
+    /// Convert an image's layers to zstd:chunked, so they can be loaded lazily.
+    Convert(ConvertArgs),
 }
 
 /// Flags shared by commands that read the node's configuration; each overrides the file.
@@ -81,4 +83,43 @@ pub struct ContainerdConfigArgs {
     /// file that was there.
     #[arg(long, value_name = "DIR")]
     pub apply: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The image to convert: `oci:DIR[:TAG]` (an OCI layout) or `HOST/REPO[:TAG|@DIGEST]`.
+    pub src: String,
+    /// Where the converted image goes: `oci:DIR[:TAG]` (created if absent) or `HOST/REPO[:TAG]`.
+    pub dst: String,
+    /// What a workload reads at startup, in first-access order: `PATH` or `PATH OFFSET LENGTH`
+    /// per line. Listed files go first in their layer and their chunks are marked for prefetch.
+    #[arg(long, value_name = "FILE")]
+    pub prioritize: Option<PathBuf>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    /// Files are cut into chunks of this size (each fetched and verified on its own).
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub chunk_size: String,
+    /// Docker config.json with registry credentials [default: ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// Extra CA certificate (PEM) for HTTPS registries (repeatable).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_cas: Vec<PathBuf>,
+    /// Talk plain HTTP to the registries (always done for loopback hosts).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Where temporary layouts and spool files go [default: $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    pub tmp_dir: Option<PathBuf>,
+    /// `text` (with a progress bar) or `json` (the report, for scripts).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod containerd_config;
+mod convert;
 mod node;
 mod status;
 
@@ -31,6 +32,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Node(a) => node::run(a).await,
             cli::Command::Status(a) => status::run(a).await,
             cli::Command::ContainerdConfig(a) => containerd_config::run(a),
+            cli::Command::Convert(a) => convert::run(a).await,
         }
     });
     match result {

@@ -21,7 +21,7 @@ use crate::Error;
 /// What registries and containerd accept as a manifest size.
 pub const MAX_MANIFEST: u64 = 4 << 20;
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+pub(crate) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// A manifest ready to serve.

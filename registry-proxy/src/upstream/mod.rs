@@ -5,6 +5,7 @@
 //! registry is refused before anything is sent (the mirror is never an open proxy).
 
 pub mod auth;
+mod push;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,40 +101,66 @@ impl Upstream {
     /// Sends `method` to `/v2/<name>/<tail>`, answering one auth challenge if asked. Returns the
     /// response whatever its status, except that a refused authentication is an error.
     pub async fn request(&self, method: Method, name: &Repo, tail: &str, headers: HeaderMap) -> Result<reqwest::Response, Error> {
-        let what = format!("{method} {name}/{tail}");
-        let url = self.base.join(&format!("v2/{name}/{tail}")).map_err(|e| Error::Config(format!("bad upstream URL: {e}")))?;
-        let scope = pull_scope(name.as_str());
-        let send = |auth: Option<http::HeaderValue>| {
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
-            if let Some(a) = auth {
-                req = req.header(http::header::AUTHORIZATION, a);
-            }
-            async {
-                match tokio::time::timeout(self.read_timeout, req.send()).await {
-                    Err(_) => Err(Error::Timeout {
-                        what: format!("waiting for {} to answer {what}", self.host),
-                        secs: self.read_timeout.as_secs(),
-                    }),
-                    Ok(Err(e)) => {
-                        Err(Error::UpstreamUnreachable { upstream: self.host.clone(), what: what.clone(), reason: error_chain(&e) })
-                    }
-                    Ok(Ok(r)) => Ok(r),
-                }
-            }
-        };
-        let first = send(self.auth.header_for(&scope)).await?;
+        let url = self.url(name, tail)?;
+        self.send(method, url, name, &pull_scope(name.as_str()), headers, None).await
+    }
+
+    fn url(&self, name: &Repo, tail: &str) -> Result<Url, Error> {
+        self.base.join(&format!("v2/{name}/{tail}")).map_err(|e| Error::Config(format!("bad upstream URL: {e}")))
+    }
+
+    /// Sends a request with `scope`'s credentials, answering one 401 challenge (the body, if
+    /// any, is sent again then).
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        name: &Repo,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, Error> {
+        let first = self.send_once(method.clone(), url.clone(), scope, headers.clone(), body.clone().map(reqwest::Body::from)).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
         let challenge = first.headers().get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let unauthorized = || Error::Unauthorized { upstream: self.host.clone(), name: name.to_string(), status: 401 };
         let Some(challenge) = challenge else { return Err(unauthorized()) };
-        let Some(header) = self.auth.answer(&self.http, &challenge, &scope).await? else { return Err(unauthorized()) };
-        let second = send(Some(header)).await?;
+        if self.auth.answer(&self.http, &challenge, scope).await?.is_none() {
+            return Err(unauthorized());
+        }
+        let second = self.send_once(method, url, scope, headers, body.map(reqwest::Body::from)).await?;
         match second.status() {
             StatusCode::UNAUTHORIZED => Err(unauthorized()),
             StatusCode::FORBIDDEN => Err(Error::Unauthorized { upstream: self.host.clone(), name: name.to_string(), status: 403 }),
             _ => Ok(second),
+        }
+    }
+
+    /// One attempt with whatever credentials `scope` has now.
+    async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, Error> {
+        let what = format!("{method} {}", url.path());
+        let mut req = self.http.request(method, url).headers(headers);
+        if let Some(a) = self.auth.header_for(scope) {
+            req = req.header(http::header::AUTHORIZATION, a);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        match tokio::time::timeout(self.read_timeout, req.send()).await {
+            Err(_) => {
+                Err(Error::Timeout { what: format!("waiting for {} to answer {what}", self.host), secs: self.read_timeout.as_secs() })
+            }
+            Ok(Err(e)) => Err(Error::UpstreamUnreachable { upstream: self.host.clone(), what, reason: error_chain(&e) }),
+            Ok(Ok(r)) => Ok(r),
         }
     }
 

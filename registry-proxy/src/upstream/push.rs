@@ -1,0 +1,150 @@
+//! Whole-image transfers for `ferry convert`: fetch a manifest and blobs into files, check for
+//! and upload blobs, put a manifest. Uploads use the push scope; everything fetched is verified
+//! against its digest before it is kept.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use p2p_node::{Digest, Hasher};
+use tokio::io::AsyncWriteExt;
+
+use super::Upstream;
+use crate::manifests::{ACCEPT, MAX_MANIFEST};
+use crate::names::{Reference, Repo};
+use crate::Error;
+
+fn push_scope(name: &Repo) -> String {
+    format!("repository:{name}:pull,push")
+}
+
+impl Upstream {
+    /// A manifest (or index) by tag or digest: its bytes, media type and digest (checked
+    /// against the reference when it is a digest).
+    pub async fn get_manifest(&self, name: &Repo, reference: &Reference) -> Result<(Bytes, String, Digest), Error> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        let resp = self.request(Method::GET, name, &format!("manifests/{reference}"), h).await?;
+        let what = format!("manifest {reference} of {name}");
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(Error::ManifestUnknown {
+                    upstream: self.host.clone(),
+                    name: name.to_string(),
+                    reference: reference.to_string(),
+                })
+            }
+            s => return Err(self.status_error(what, s)),
+        }
+        let media_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| Error::UpstreamUnreachable {
+            upstream: self.host.clone(),
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(Error::UpstreamBad { upstream: self.host.clone(), what, reason: format!("over {MAX_MANIFEST} bytes") });
+        }
+        let digest = Digest::of(&bytes);
+        if let Reference::Digest(d) = reference {
+            if *d != digest {
+                return Err(Error::UpstreamBad { upstream: self.host.clone(), what, reason: format!("content has digest {digest}") });
+            }
+        }
+        Ok((bytes, media_type, digest))
+    }
+
+    /// Downloads blob `digest` into `path`, streaming, and checks it; returns its size.
+    pub async fn download_blob(&self, name: &Repo, digest: &Digest, path: &Path) -> Result<u64, Error> {
+        let what = format!("blob {digest} of {name}");
+        let mut resp = self.request(Method::GET, name, &format!("blobs/{digest}"), HeaderMap::new()).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(Error::BlobUnknown { upstream: self.host.clone(), name: name.to_string(), digest: *digest })
+            }
+            s => return Err(self.status_error(what, s)),
+        }
+        let io = |e: std::io::Error| Error::Io { what: format!("writing {}", path.display()), source: e };
+        let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(path).await.map_err(io)?);
+        let mut hasher = Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = self.chunk(&mut resp, &what).await? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        let got = hasher.finish();
+        if got != *digest {
+            let _ = tokio::fs::remove_file(path).await;
+            return Err(Error::Store(p2p_node::Error::DigestMismatch { expected: *digest, got }));
+        }
+        Ok(size)
+    }
+
+    /// Whether the registry already has blob `digest` in `name`.
+    pub async fn has_blob(&self, name: &Repo, digest: &Digest) -> Result<bool, Error> {
+        let url = self.url(name, &format!("blobs/{digest}"))?;
+        let resp = self.send(Method::HEAD, url, name, &push_scope(name), HeaderMap::new(), None).await?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
+    /// Uploads the file at `path` as blob `digest` (monolithic upload: POST, then PUT).
+    pub async fn upload_blob(&self, name: &Repo, digest: &Digest, path: &Path) -> Result<(), Error> {
+        let what = format!("upload of {digest} to {name}");
+        let scope = push_scope(name);
+        let start = self.send(Method::POST, self.url(name, "blobs/uploads/")?, name, &scope, HeaderMap::new(), Some(Bytes::new())).await?;
+        if start.status() != StatusCode::ACCEPTED {
+            return Err(self.status_error(what, start.status()));
+        }
+        let location = start.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| Error::UpstreamBad {
+            upstream: self.host.clone(),
+            what: what.clone(),
+            reason: "no Location for the upload".into(),
+        })?;
+        let mut url = self.base.join(location).map_err(|e| Error::UpstreamBad {
+            upstream: self.host.clone(),
+            what: what.clone(),
+            reason: format!("bad Location: {e}"),
+        })?;
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let file = tokio::fs::File::open(path).await.map_err(|e| Error::Io { what: format!("opening {}", path.display()), source: e })?;
+        let len = file.metadata().await.map_err(|e| Error::Io { what: format!("reading {}", path.display()), source: e })?.len();
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        // The POST settled authentication for this scope; a streamed body cannot be sent twice.
+        let done = self.send_once(Method::PUT, url, &scope, h, Some(reqwest::Body::from(file))).await?;
+        if done.status() != StatusCode::CREATED {
+            return Err(self.status_error(what, done.status()));
+        }
+        Ok(())
+    }
+
+    /// Puts a manifest under `reference` (a tag or its digest); returns its digest.
+    pub async fn put_manifest(&self, name: &Repo, reference: &str, bytes: Bytes, media_type: &str) -> Result<Digest, Error> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(media_type).map_err(|_| Error::Config(format!("bad media type {media_type:?}")))?,
+        );
+        let digest = Digest::of(&bytes);
+        let resp =
+            self.send(Method::PUT, self.url(name, &format!("manifests/{reference}"))?, name, &push_scope(name), h, Some(bytes)).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.status_error(format!("manifest {reference} of {name}"), resp.status()));
+        }
+        Ok(digest)
+    }
+}
