@@ -21,6 +21,7 @@
 pub mod blob;
 pub mod convert;
 mod error;
+pub mod estargz;
 pub mod tar;
 pub mod toc;
 pub mod zstd_chunked;

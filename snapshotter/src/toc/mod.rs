@@ -24,6 +24,9 @@ pub const MAX_ENTRIES: usize = 4_000_000;
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const MAX_PATH: usize = 4096;
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// A chunk is read, decompressed and verified whole: bounded, so one read never needs gigabytes.
+/// A layer with bigger chunks is refused for lazy loading (and pulled the ordinary way).
+pub const MAX_CHUNK: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -279,6 +282,9 @@ fn chunks_of(
         if size == 0 || file_offset + size > e.size {
             return Err(bad(format!("chunk {file_offset}+{size} outside the {}-byte file", e.size)));
         }
+        if size > MAX_CHUNK {
+            return Err(Error::TooLarge { what: format!("a chunk of {}", e.name), size, limit: MAX_CHUNK });
+        }
         let start = non_negative("offset", r.offset, data_end)?;
         if start == 0 {
             return Err(bad("chunk without an offset".into()));
@@ -296,7 +302,7 @@ fn chunks_of(
             ("", _) => return Err(bad(format!("chunk at {file_offset} has no digest: it could not be verified"))),
             (d, _) => parse_digest(&e.name, d)?,
         };
-        let inner_offset = non_negative("innerOffset", r.inner_offset, MAX_FILE_SIZE)?;
+        let inner_offset = non_negative("innerOffset", r.inner_offset, MAX_CHUNK)?;
         chunks.push(Chunk { file_offset, size, blob_range: start..end, inner_offset, digest, prefetch: prefetch || r.prefetch });
         expect = file_offset + size;
     }

@@ -109,6 +109,16 @@ fn hostile_tocs_are_refused() {
         ("dangling hardlink", toc(vec![dangling]), 1000),
         ("unknown type", toc(vec![RawEntry { kind: "socket".into(), name: "s".into(), ..Default::default() }]), 1000),
         ("version", RawToc { version: 2, ..Default::default() }, 1000),
+        ("chunk over the limit", toc(vec![reg("huge", (MAX_CHUNK + 1) as i64, 100)]), 1000),
+        (
+            "inner offset over the limit",
+            toc(vec![{
+                let mut r = reg("f", 5, 100);
+                r.inner_offset = (MAX_CHUNK + 1) as i64;
+                r
+            }]),
+            1000,
+        ),
         (
             "bad xattr",
             toc(vec![RawEntry {
