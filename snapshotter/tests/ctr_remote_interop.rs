@@ -1,6 +1,7 @@
-//! eStargz written by a third party: stargz-snapshotter's `ctr-remote` (Debian's 0.12). The
-//! reader must give every file exactly as a plain `tar -xzf` of the same layer does; the writer
-//! must produce the same TOC as `ctr-remote` for the same input layer.
+//! Lazy layers written by a third party: stargz-snapshotter's `ctr-remote` (Debian's 0.12), in
+//! both formats. The eStargz and zstd:chunked readers must give every file exactly as a plain
+//! extraction of the same layer does; the eStargz writer must produce the same TOC as
+//! `ctr-remote` for the same input layer.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use p2p_node::Digest;
 use snapshotter::estargz::{self, EstargzIndex, WriteOptions};
 use snapshotter::toc::{Entry, Kind};
+use snapshotter::zstd_chunked;
 
 /// Kills (and reaps) a process we started when the test ends, however it ends.
 struct Proc(Child);
@@ -262,6 +264,46 @@ fn ctr_remote_conversion_reads_exactly_like_tar_and_matches_our_writer() {
             index.toc.entries.len(),
             index.toc.chunks().count()
         );
+    }
+
+    // zstd:chunked from the same producer: its older 40-byte footer and legacy annotation names.
+    run(Command::new(&ctr_remote).arg("-a").arg(&sock).args([
+        "image",
+        "convert",
+        "--oci",
+        "--zstdchunked",
+        "--estargz-chunk-size",
+        "65536",
+        &source,
+        "conv:zstdchunked",
+    ]));
+    let converted = manifest_of(&ctr, "conv:zstdchunked");
+    for (i, layer) in converted["layers"].as_array().expect("layers").iter().enumerate() {
+        let digest = layer["digest"].as_str().expect("layer digest");
+        let blob = ctr(&["content", "get", digest]);
+        let annotations: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(layer["annotations"].clone()).expect("annotations");
+        let (sum, pos) = zstd_chunked::from_annotations(&annotations).expect("annotations parse").expect("zstd:chunked annotations");
+        let index = zstd_chunked::open(&blob, Some(pos), Some(&sum)).expect("open ctr-remote's zstd:chunked layer");
+        assert_eq!(zstd_chunked::open(&blob, None, None).expect("by footer").toc, index.toc, "the 40-byte footer agrees");
+        let scratch = t.join(format!("zlayer{i}"));
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        let mut tar = Command::new("tar").arg("-x").arg("-C").arg(&scratch).stdin(Stdio::piped()).spawn().expect("tar");
+        let plain = zstd::decode_all(&blob[..]).expect("stock zstd decoding");
+        std::io::Write::write_all(tar.stdin.as_mut().expect("stdin"), &plain).expect("feed tar");
+        drop(tar.stdin.take());
+        assert!(tar.wait().expect("tar").success());
+        let mut files = 0;
+        for e in index.toc.entries.iter().filter(|e| e.kind == Kind::Reg) {
+            let mut data = Vec::new();
+            for c in &e.chunks {
+                data.extend(zstd_chunked::read_chunk(&blob, c).expect("chunk"));
+            }
+            assert_eq!(data, std::fs::read(scratch.join(&e.name)).expect("extracted file"), "{}", e.name);
+            files += 1;
+        }
+        assert!(files >= 4, "layer {i}: only {files} files");
+        eprintln!("zstd:chunked layer {i}: {files} files, {} chunks read back as tar extracts them", index.toc.chunks().count());
     }
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }
