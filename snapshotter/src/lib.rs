@@ -22,6 +22,7 @@ pub mod blob;
 pub mod convert;
 mod error;
 pub mod estargz;
+pub mod layer;
 pub mod tar;
 pub mod toc;
 pub mod zstd_chunked;

@@ -1,0 +1,71 @@
+//! Opens a lazy layer of either format from its descriptor: the annotations (from a manifest
+//! verified by digest) say which format it is and give the TOC digest that the TOC must match.
+//! A layer without such annotations is not lazy: `Ok(None)`, and it is pulled the ordinary way.
+
+use std::collections::BTreeMap;
+
+use p2p_node::Digest;
+
+use crate::blob::ReadAt;
+use crate::toc::{Chunk, Toc};
+use crate::{estargz, zstd_chunked, Error};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    ZstdChunked,
+    Estargz,
+}
+
+/// A lazy layer's verified table of contents.
+#[derive(Debug, Clone)]
+pub struct LazyLayer {
+    pub format: Format,
+    pub toc: Toc,
+    /// The digest the annotation gave and the TOC matched.
+    pub toc_digest: Digest,
+}
+
+impl LazyLayer {
+    /// Opens `blob` as the lazy layer its `annotations` describe.
+    pub fn open(blob: &dyn ReadAt, annotations: &BTreeMap<String, String>) -> Result<Option<LazyLayer>, Error> {
+        if let Some((sum, pos)) = zstd_chunked::from_annotations(annotations)? {
+            let index = zstd_chunked::open(blob, Some(pos), Some(&sum))?;
+            return Ok(Some(LazyLayer { format: Format::ZstdChunked, toc: index.toc, toc_digest: sum }));
+        }
+        if let Some(d) = annotations.get(estargz::TOC_DIGEST_ANNOTATION) {
+            let sum: Digest = d.parse().map_err(|_| Error::malformed("eStargz annotations", format!("bad toc.digest {d:?}")))?;
+            let index = estargz::open(blob, Some(&sum))?;
+            return Ok(Some(LazyLayer { format: Format::Estargz, toc: index.toc, toc_digest: sum }));
+        }
+        Ok(None)
+    }
+
+    /// A chunk's bytes, verified against its digest.
+    pub fn read_chunk(&self, blob: &dyn ReadAt, chunk: &Chunk) -> Result<Vec<u8>, Error> {
+        match self.format {
+            Format::ZstdChunked => zstd_chunked::read_chunk(blob, chunk),
+            Format::Estargz => estargz::read_chunk(blob, chunk),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_format_from_the_annotations_and_verifies_the_toc() {
+        let fixture = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/estargz-busybox.layer")).expect("fixture");
+        let toc_digest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/estargz-busybox.layer.toc-digest"))
+            .expect("digest");
+        let ann = BTreeMap::from([(estargz::TOC_DIGEST_ANNOTATION.to_string(), toc_digest.trim().to_string())]);
+        let layer = LazyLayer::open(&fixture, &ann).expect("opens").expect("lazy");
+        assert_eq!(layer.format, Format::Estargz);
+        let (_, chunk) = layer.toc.chunks().next().expect("a chunk");
+        assert_eq!(layer.read_chunk(&fixture, chunk).expect("chunk").len() as u64, chunk.size);
+
+        let wrong = BTreeMap::from([(estargz::TOC_DIGEST_ANNOTATION.to_string(), Digest::of(b"x").to_string())]);
+        assert!(LazyLayer::open(&fixture, &wrong).is_err(), "a TOC that does not match its annotation is refused");
+        assert!(LazyLayer::open(&fixture, &BTreeMap::new()).expect("ok").is_none(), "no annotations: not lazy");
+    }
+}
