@@ -127,3 +127,86 @@ fn metric_parser_sums_matching_series() {
     assert_eq!(sum_metric(text, "ferry_origin_bytes_total", &[]), 42.0);
     assert_eq!(sum_metric(text, "ferry_cache_hits_total", &[]), 0.0);
 }
+
+/// The fixtures of the `convert` tests, without ferry: containerd pulls and runs the original
+/// three-layer image of edge cases, applies its whiteouts, and the tree listing sees what the
+/// image holds (modes, owners, xattrs, fifo, hardlinks, long names).
+#[tokio::test(flavor = "multi_thread")]
+async fn tricky_fixture_unpacks_in_containerd_as_built() {
+    use crate::harness::rootfs::{build_tricky, decompress_layer, long_name, tar_listing};
+    let work = temp_dir("check-tricky");
+    let image = build_tricky(work.path());
+    assert_eq!(image.layers.len(), 3);
+    let blob = |i: usize| image.layout.join("blobs/sha256").join(image.layers[i].digest.trim_start_matches("sha256:"));
+    let manifest =
+        crate::harness::rootfs::read_json(&image.layout.join("blobs/sha256").join(image.manifest_digest.trim_start_matches("sha256:")));
+    let mut listings = Vec::new();
+    for i in 0..3 {
+        let tar = work.path().join(format!("check{i}.tar"));
+        decompress_layer(&blob(i), manifest["layers"][i]["mediaType"].as_str().expect("media type"), &tar);
+        listings.push(tar_listing(&tar));
+    }
+    let l1 = listings[0].join("\n");
+    assert!(
+        l1.contains("data/hardlink-alias link to data/hardlink-target") || l1.contains("data/hardlink-target link to data/hardlink-alias"),
+        "{l1}"
+    );
+    assert!(l1.contains(&long_name()), "{l1}");
+    assert!(l1.contains("prw-r-----"), "{l1}");
+    assert!(listings[1].join("\n").contains("data/.wh.foo"));
+    assert!(listings[1].join("\n").contains("opaque/.wh..wh..opq"));
+
+    let registry = Registry::plain().await;
+    push(&image, &registry, "test/tricky:latest");
+    let reference = format!("{}/test/tricky:latest", registry.host_port());
+    let containerd = Containerd::start().await;
+    containerd.pull_plain_http(&reference).unwrap_or_else(|e| panic!("{e}"));
+    let script = "cat /etc/ferry-e2e; ls -A /opaque; test -e /data/foo && echo foo-present || echo foo-gone; /data/suid";
+    let out = containerd.run(&reference, "check-tricky", &["/bin/sh", "-c", script]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["tricky layer 3", "new-file", "foo-gone", "suid"]);
+    let mount = containerd.mount_image(&reference, "tricky");
+    let listing = crate::harness::rootfs::tree_listing(&mount);
+    let twice = crate::harness::rootfs::tree_listing(&mount);
+    containerd.unmount_image(&mount);
+    assert_eq!(listing, twice, "listing the same tree twice differs");
+    let get =
+        |path: &str| listing.iter().find(|e| e.path == path).unwrap_or_else(|| panic!("{path} missing from {listing:#?}")).to_string();
+    assert!(get("data/suid").contains(" f 04755 0:0"), "{}", get("data/suid"));
+    assert!(get("data/sticky-dir").contains(" d 01777 "), "{}", get("data/sticky-dir"));
+    assert!(get("data/owned").contains(" f 0600 1000:2000"), "{}", get("data/owned"));
+    assert!(get("data/big-uid").contains(" 3000000:3000000"), "{}", get("data/big-uid"));
+    assert!(get("data/fifo").contains(" p 0640 "), "{}", get("data/fifo"));
+    assert!(get("data/hardlink-alias").contains("nlink=2"), "{}", get("data/hardlink-alias"));
+    assert!(get("data/link-long-target").contains(&format!("-> ../long/{}", long_name())), "{}", get("data/link-long-target"));
+    assert!(get("data/xattr-file").contains("user.ferry.note=0x"), "{}", get("data/xattr-file"));
+    assert!(get("data/xattr-dir").contains("user.dir=0x00ff10"), "{}", get("data/xattr-dir"));
+    assert!(get("data/empty-a").contains(&format!("sha256={}", crate::harness::sha256_hex(b""))), "{}", get("data/empty-a"));
+    assert!(listing.iter().all(|e| e.path != "data/foo" && e.path != "opaque/old-file"), "whiteouts not applied");
+}
+
+/// The Debian fixture, without ferry: containerd runs it, and its rootfs as containerd
+/// unpacked it lists exactly like its layer extracted with GNU tar.
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_fixture_unpacked_by_containerd_lists_like_its_layer() {
+    use crate::harness::rootfs::{assert_same_lines, debian_image, decompress_layer, extract_tar, tree_lines, GZIP_LAYER};
+    let Some(image) = debian_image() else { return };
+    let registry = Registry::plain().await;
+    push(&image, &registry, "test/debian:latest");
+    let reference = format!("{}/test/debian:latest", registry.host_port());
+    let containerd = Containerd::start().await;
+    containerd.pull_plain_http(&reference).unwrap_or_else(|e| panic!("{e}"));
+    let out = containerd
+        .run(&reference, "check-debian", &["/bin/sh", "-c", "cat /etc/debian_version; ls /usr/bin | wc -l"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.starts_with("12."), "{out}");
+    let mount = containerd.mount_image(&reference, "debian");
+    let unpacked = tree_lines(&mount);
+    containerd.unmount_image(&mount);
+    let work = temp_dir("check-debian");
+    let tar = work.path().join("layer.tar");
+    decompress_layer(&image.layout.join("blobs/sha256").join(image.layers[0].digest.trim_start_matches("sha256:")), GZIP_LAYER, &tar);
+    extract_tar(&tar, &work.path().join("x"));
+    let extracted = tree_lines(&work.path().join("x"));
+    assert!(extracted.len() > 5000, "only {} entries", extracted.len());
+    assert_same_lines("Debian rootfs", "extracted with tar", &extracted, "unpacked by containerd", &unpacked);
+}

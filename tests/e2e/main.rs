@@ -7,8 +7,12 @@
 //! Tests run in parallel: each owns its temp dirs, ports and processes. Every process is
 //! killed on drop, and the logs of ferry, docker-registry and containerd are printed when a
 //! test fails. `FERRY_E2E_LOG=debug` sets ferry's `RUST_LOG`.
+//! `convert` tests `ferry convert` (zstd:chunked) on busybox, a debootstrap'ed Debian rootfs
+//! (built once into `target/ferry-fixtures/`, skipped loudly when the network is down) and an
+//! image of tar edge cases, checked with stock zstd, GNU tar, skopeo and containerd.
 //! Needs root and Debian's containerd, runc, docker-registry, skopeo, umoci, busybox-static,
-//! apache2-utils and openssl; a missing one fails the test naming the package to install.
+//! apache2-utils, openssl, zstd, attr and debootstrap; a missing one fails the test naming the
+//! package to install.
 
 mod harness;
 
@@ -16,6 +20,7 @@ mod auth;
 mod blackhole;
 mod coalescing;
 mod containerd_pull;
+mod convert;
 mod corruption;
 mod crash;
 mod disk_full;

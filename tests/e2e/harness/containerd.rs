@@ -109,6 +109,35 @@ impl Containerd {
         }
     }
 
+    /// `ctr image pull --plain-http IMAGE` straight from a registry (`127.0.0.1:PORT/repo:tag`).
+    pub fn pull_plain_http(&self, image: &str) -> Result<String, String> {
+        let out = self.ctr(&["image", "pull", "--plain-http", image], Duration::from_secs(180));
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(format!("ctr image pull --plain-http {image} failed:\n{}\n{}", out.stdout, out.stderr))
+        }
+    }
+
+    /// `ctr image mount IMAGE DIR`: the image's unpacked rootfs (overlayfs snapshots, read
+    /// only) mounted at a fresh dir inside the sandbox, named `name`. Unmounted on drop at the
+    /// latest.
+    pub fn mount_image(&self, image: &str, name: &str) -> PathBuf {
+        let target = self.dir.path().join("mnt").join(name);
+        std::fs::create_dir_all(&target).expect("create mount target");
+        let target_s = target.to_string_lossy().to_string();
+        let out = self.ctr(&["image", "mount", image, &target_s], Duration::from_secs(60));
+        assert!(out.success, "ctr image mount {image} {target_s}: {}\n{}", out.stdout, out.stderr);
+        target
+    }
+
+    /// `ctr image unmount --rm DIR`.
+    pub fn unmount_image(&self, target: &Path) {
+        let target_s = target.to_string_lossy().to_string();
+        let out = self.ctr(&["image", "unmount", "--rm", &target_s], Duration::from_secs(60));
+        assert!(out.success, "ctr image unmount {target_s}: {}\n{}", out.stdout, out.stderr);
+    }
+
     /// `ctr image rm --sync IMAGE`: removes the image and garbage-collects its content.
     pub fn remove_image(&self, image: &str) {
         let out = self.ctr(&["image", "rm", "--sync", image], Duration::from_secs(60));

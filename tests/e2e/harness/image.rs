@@ -64,9 +64,21 @@ pub fn build_busybox(dir: &Path, marker: &str) -> TestImage {
 }
 
 fn read_layout(layout: &Path) -> TestImage {
+    read_layout_tag(layout, None)
+}
+
+/// Reads the image tagged `tag` (the index entry whose `org.opencontainers.image.ref.name` is
+/// `tag`) from an OCI layout, or its first image when `tag` is `None`.
+pub fn read_layout_tag(layout: &Path, tag: Option<&str>) -> TestImage {
     let index: Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("read index.json")).expect("parse index.json");
-    let entry = &index["manifests"][0];
+    let entry = match tag {
+        None => &index["manifests"][0],
+        Some(tag) => index["manifests"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)))
+            .unwrap_or_else(|| panic!("no image tagged {tag:?} in {}/index.json: {index}", layout.display())),
+    };
     let manifest_digest = entry["digest"].as_str().expect("manifest digest in index").to_string();
     let media_type = entry["mediaType"].as_str().expect("manifest media type").to_string();
     let hex = manifest_digest.trim_start_matches("sha256:");
@@ -87,6 +99,11 @@ fn read_layout(layout: &Path) -> TestImage {
 
 /// Pushes `image` to `registry` as `reference` (`repo:tag`) with skopeo.
 pub fn push(image: &TestImage, registry: &Registry, reference: &str) {
+    push_tag(image, "latest", registry, reference);
+}
+
+/// Pushes the image tagged `tag` in `image.layout` to `registry` as `reference` with skopeo.
+pub fn push_tag(image: &TestImage, tag: &str, registry: &Registry, reference: &str) {
     require_binary("skopeo", "skopeo");
     let mut cmd = Command::new("skopeo");
     cmd.args(["copy", "--quiet", "--retry-times", "2"]);
@@ -101,7 +118,7 @@ pub fn push(image: &TestImage, registry: &Registry, reference: &str) {
     if let Some((user, password)) = registry.credentials() {
         cmd.arg("--dest-creds").arg(format!("{user}:{password}"));
     }
-    cmd.arg(format!("oci:{}:latest", image.layout.display()));
+    cmd.arg(format!("oci:{}:{tag}", image.layout.display()));
     cmd.arg(format!("docker://{}/{reference}", registry.host_port()));
     run_ok(&mut cmd, Duration::from_secs(120));
 }

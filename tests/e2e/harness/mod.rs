@@ -11,6 +11,7 @@ pub mod image;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod tls;
 pub mod token;

@@ -186,6 +186,13 @@ impl Registry {
         }
     }
 
+    /// The file in the registry's storage holding blob `digest` (`sha256:...`), to corrupt it
+    /// behind the registry's back.
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+
     /// Kills the registry (simulates the upstream going away). Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
