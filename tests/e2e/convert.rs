@@ -605,3 +605,27 @@ async fn missing_sources_fail_clearly() {
         assert!(out.stderr.contains(&needle), "the error for missing {src} does not name {needle:?}:\n{}", out.stderr);
     }
 }
+
+/// The source pulled through a ferry node (its mirror as the registry), the result pushed
+/// straight to the registry: the node fetched the source once and served it from its store.
+#[tokio::test(flavor = "multi_thread")]
+async fn converting_through_a_ferry_node_pulls_via_its_cache() {
+    use crate::harness::ferry::{FerryNode, FerryOptions};
+    let registry = Registry::plain().await;
+    let work = temp_dir("convert-via-node");
+    let image = build_busybox(work.path(), "via a ferry node");
+    push(&image, &registry, "test/busybox:src");
+    let node = FerryNode::start(FerryOptions::upstream("registry.local", &registry.url())).await;
+    let mirror = node.url().trim_start_matches("http://").to_string();
+    let report = convert_json(&format!("{mirror}/test/busybox:src"), &format!("{}/test/busybox:via-node", registry.host_port()), &[]);
+    let src = Local::from_layout(&image.layout, "latest");
+    let dst = Local::from_registry(&registry, "test/busybox", "via-node", &work.path().join("dst")).await;
+    verify_conversion(&src, &dst, &report, &work.path().join("verify"));
+    let blob_bytes: f64 = image.blobs().iter().map(|b| b.size as f64).sum();
+    let origin = node.metric("ferry_origin_bytes_total", &[]).await;
+    assert!(origin >= blob_bytes, "the node fetched the source from its upstream ({origin} of {blob_bytes} bytes)");
+    // A second conversion from the node takes nothing more from the upstream.
+    convert_json(&format!("{mirror}/test/busybox:src"), &format!("{}/test/busybox:via-node-2", registry.host_port()), &[]);
+    let again = node.metric("ferry_origin_bytes_total", &[]).await;
+    assert_eq!(again, origin, "the second conversion was served from the node's cache");
+}
