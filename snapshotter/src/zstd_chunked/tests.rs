@@ -156,3 +156,27 @@ fn damaged_footers_and_positions_are_refused_without_panicking() {
         assert!(from_annotations(&ann).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn small_files_share_frames_and_are_read_by_inner_offset() {
+    let (_d, tar, files) = sample_tar();
+    let (layer, _) = convert(&tar);
+    let toc = open(&layer, None, None).expect("open").toc;
+    let small: Vec<&crate::toc::Chunk> =
+        toc.entries.iter().filter(|e| e.kind == Kind::Reg && e.size > 0 && e.size < 1000).map(|e| &e.chunks[0]).collect();
+    assert!(small.len() >= 2, "{small:?}");
+    assert!(
+        small.windows(2).any(|w| w[0].blob_range == w[1].blob_range && w[0].inner_offset != w[1].inner_offset),
+        "small files share a frame: {small:?}"
+    );
+    for (name, data) in files.iter().filter(|(_, d)| !d.is_empty() && d.len() < 1000) {
+        let e =
+            toc.entries.iter().find(|e| e.name == *name && e.kind == Kind::Reg).or_else(|| toc.entries.iter().find(|e| e.name == "hard"));
+        let e = e.expect("entry");
+        assert_eq!(&read_chunk(&layer, &e.chunks[0]).expect("read"), data, "{name}");
+    }
+    // Without packing every file has its own frame, as containers/storage writes them.
+    let unpacked = write_tar(&tar[..], Vec::new(), WriteOptions { pack_below: 0, ..small_chunks() }).expect("write").0;
+    let toc = open(&unpacked, None, None).expect("open").toc;
+    assert!(toc.chunks().all(|(_, c)| c.inner_offset == 0));
+}
