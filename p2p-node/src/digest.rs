@@ -24,6 +24,11 @@ impl Digest {
         Digest { bytes }
     }
 
+    /// The 32 raw bytes of the sha256.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// The 64 lowercase hex characters, without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.bytes)

@@ -17,6 +17,10 @@ pub enum Error {
     Failed { digest: Digest, why: String },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("swarm: {0}")]
+    Swarm(String),
+    #[error("peer {peer} failed: {why}")]
+    Peer { peer: String, why: String },
 }
 
 impl Error {

@@ -18,6 +18,7 @@
 pub mod digest;
 mod error;
 pub mod store;
+pub mod swarm;
 
 pub use digest::{Digest, Hasher};
 pub use error::Error;

@@ -54,6 +54,42 @@ impl Bitmap {
         self.count() == self.len
     }
 
+    /// Bytes of [`Bitmap::to_bytes`] for a map of this length.
+    pub fn encoded_bits_len(&self) -> usize {
+        (self.len as usize).div_ceil(8)
+    }
+
+    /// The bits, 8 to a byte, bit `i` in byte `i / 8` at position `i % 8`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.encoded_bits_len()];
+        for i in 0..self.len {
+            if self.get(i) {
+                out[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        out
+    }
+
+    /// Parses [`Bitmap::to_bytes`]; `None` unless it is exactly that for `len` bits.
+    pub fn from_bytes(len: u32, bytes: &[u8]) -> Option<Bitmap> {
+        let mut map = Bitmap::new(len);
+        if bytes.len() != map.encoded_bits_len() {
+            return None;
+        }
+        for (i, byte) in bytes.iter().enumerate() {
+            for bit in 0..8u32 {
+                if byte & (1 << bit) != 0 {
+                    let idx = i as u32 * 8 + bit;
+                    if idx >= len {
+                        return None;
+                    }
+                    map.set(idx, true);
+                }
+            }
+        }
+        Some(map)
+    }
+
     /// Serializes for a blob of `size` bytes in pieces of `piece_size`.
     pub fn encode(&self, size: u64, piece_size: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAGIC.len() + 16 + self.bits.len() * 8 + 32);

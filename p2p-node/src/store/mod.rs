@@ -456,6 +456,40 @@ impl Store {
         Ok(Some(buf))
     }
 
+    /// Which pieces of `d` this store can serve: the blob size and a bitmap (all set when complete).
+    pub fn have_map(&self, d: &Digest) -> Option<(u64, Bitmap)> {
+        match self.state(d) {
+            BlobState::Complete { size } => {
+                let mut map = Bitmap::new(partial::piece_count(size));
+                (0..map.len()).for_each(|i| map.set(i, true));
+                Some((size, map))
+            }
+            BlobState::Partial { size, .. } => self.partial(d).map(|p| (size, p.present())),
+            BlobState::Absent => None,
+        }
+    }
+
+    /// The bytes of piece `index` of `d`, if this store holds that piece. Blocking.
+    pub fn read_piece(&self, d: &Digest, index: u32) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(r) = self.open_blob(d)? {
+            let start = u64::from(index) * PIECE_SIZE;
+            if start >= r.size() {
+                return Ok(None);
+            }
+            let mut buf = vec![0; (r.size() - start).min(PIECE_SIZE) as usize];
+            r.read_at(&mut buf, start)?;
+            return Ok(Some(buf));
+        }
+        let Some(p) = self.partial(d) else { return Ok(None) };
+        if index >= p.piece_count() || !p.present().get(index) {
+            return Ok(None);
+        }
+        let range = p.piece_range(index);
+        let mut buf = vec![0; (range.end - range.start) as usize];
+        p.read_at(&mut buf, range.start)?;
+        Ok(Some(buf))
+    }
+
     /// Atomically writes a small metadata file of another component (tag records) at `meta/<rel>`.
     pub fn write_meta(&self, rel: &str, data: &[u8]) -> Result<(), Error> {
         let path = self.meta_path(rel)?;

@@ -207,3 +207,25 @@ fn meta_paths_stay_inside_the_store() {
         assert!(store.write_meta(bad, b"x").is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn have_maps_and_piece_reads_for_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let data = blob(2 * PIECE_SIZE as usize + 9, 8);
+    let d = Digest::of(&data);
+    assert!(store.have_map(&d).is_none());
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    claim_all(&p);
+    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]).expect("write");
+    let (size, map) = store.have_map(&d).expect("partial");
+    assert_eq!((size, map.get(0), map.get(1), map.get(2)), (data.len() as u64, false, true, false));
+    assert_eq!(store.read_piece(&d, 0).expect("read"), None, "a missing piece is not served");
+    assert_eq!(store.read_piece(&d, 1).expect("read").as_deref(), Some(&data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]));
+    p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+    p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+    let (_, map) = store.have_map(&d).expect("complete");
+    assert_eq!(map.count(), 3);
+    assert_eq!(store.read_piece(&d, 2).expect("read").as_deref(), Some(&data[2 * PIECE_SIZE as usize..]));
+    assert_eq!(store.read_piece(&d, 3).expect("read"), None);
+}
