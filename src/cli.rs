@@ -58,6 +58,21 @@ pub struct NodeFlags {
     /// The node's admin socket [default: /run/ferry/admin.sock].
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// Where the P2P swarm listens (repeatable), e.g. /ip4/0.0.0.0/tcp/4001; P2P is off without one.
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<String>,
+    /// A peer to join at start, ending in /p2p/<peer id> (repeatable).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// The cluster key (libp2p swarm.key format): only nodes holding it can connect.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+    /// This node's region, told to peers.
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+    /// Find peers on the local network by mDNS [default: true].
+    #[arg(long, value_name = "true|false")]
+    pub mdns: Option<bool>,
 }
 
 #[derive(Debug, Args)]

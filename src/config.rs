@@ -18,6 +18,26 @@ pub struct FileConfig {
     pub registry: RegistrySection,
     pub metrics: MetricsSection,
     pub admin: AdminSection,
+    pub p2p: P2pSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pSection {
+    /// Multiaddrs to listen on; P2P is off when empty.
+    pub listen: Vec<String>,
+    /// Peers to join at start (each ending in /p2p/<peer id>).
+    pub bootstrap: Vec<String>,
+    /// The cluster key; required when P2P is on.
+    pub psk_file: Option<PathBuf>,
+    pub region: String,
+    pub mdns: bool,
+}
+
+impl Default for P2pSection {
+    fn default() -> P2pSection {
+        P2pSection { listen: Vec::new(), bootstrap: Vec::new(), psk_file: None, region: "default".into(), mdns: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +130,16 @@ impl Default for AdminSection {
     }
 }
 
+/// The swarm's settings, validated (the key file is read when the node starts).
+#[derive(Debug)]
+pub struct P2pSettings {
+    pub listen: Vec<p2p_node::swarm::Multiaddr>,
+    pub bootstrap: Vec<p2p_node::swarm::Multiaddr>,
+    pub psk_file: PathBuf,
+    pub region: String,
+    pub mdns: bool,
+}
+
 /// Everything `ferry node` needs, validated.
 #[derive(Debug)]
 pub struct NodeSettings {
@@ -119,6 +149,7 @@ pub struct NodeSettings {
     pub mirror: MirrorSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub admin_socket: PathBuf,
+    pub p2p: Option<P2pSettings>,
 }
 
 /// Reads the file (if any) and applies the flags over it.
@@ -158,6 +189,21 @@ pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
     }
     if let Some(s) = &flags.admin_socket {
         file.admin.socket = s.clone();
+    }
+    if !flags.p2p_listen.is_empty() {
+        file.p2p.listen = flags.p2p_listen.clone();
+    }
+    if !flags.bootstrap.is_empty() {
+        file.p2p.bootstrap = flags.bootstrap.clone();
+    }
+    if let Some(k) = &flags.psk_file {
+        file.p2p.psk_file = Some(k.clone());
+    }
+    if let Some(r) = &flags.region {
+        file.p2p.region = r.clone();
+    }
+    if let Some(m) = flags.mdns {
+        file.p2p.mdns = m;
     }
     Ok(file)
 }
@@ -212,7 +258,25 @@ impl FileConfig {
             },
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),
+            p2p: self.p2p_settings()?,
         })
+    }
+
+    fn p2p_settings(&self) -> Result<Option<P2pSettings>> {
+        let p = &self.p2p;
+        if p.listen.is_empty() {
+            return Ok(None);
+        }
+        let parse =
+            |what: &str, a: &String| a.parse::<p2p_node::swarm::Multiaddr>().with_context(|| format!("{what} {a:?} is not a multiaddr"));
+        let listen = p.listen.iter().map(|a| parse("--p2p-listen", a)).collect::<Result<Vec<_>>>()?;
+        let bootstrap = p.bootstrap.iter().map(|a| parse("--bootstrap", a)).collect::<Result<Vec<_>>>()?;
+        let Some(psk_file) = p.psk_file.clone() else {
+            bail!(
+                "P2P needs the cluster key: add --psk-file FILE (make one with deploy/make-cluster-key.sh); without it anyone could join"
+            );
+        };
+        Ok(Some(P2pSettings { listen, bootstrap, psk_file, region: p.region.clone(), mdns: p.mdns }))
     }
 }
 

@@ -35,10 +35,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         "ferry node listening"
     );
 
+    let swarm = match &s.p2p {
+        Some(p) => Some(start_swarm(p, &s.store_path, &store).await?),
+        None => None,
+    };
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
-    let result = registry_proxy::run(s.mirror, store, listeners, cancel).await;
+    let result = registry_proxy::run(s.mirror, store, listeners, swarm, cancel).await;
     let _ = std::fs::remove_file(&s.admin_socket);
     result.context("running the node")?;
     tracing::info!("ferry node stopped");
@@ -70,4 +74,21 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     cancel.cancel();
+}
+
+/// Joins the site's swarm with the node's persistent identity (kept in the store folder).
+async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, store: &Store) -> Result<p2p_node::swarm::Client> {
+    use p2p_node::swarm;
+    let psk = swarm::load_psk(&p.psk_file)?;
+    let key = swarm::load_or_create_identity(&store_path.join("p2p/identity.key"))?;
+    let config = swarm::SwarmConfig {
+        listen: p.listen.clone(),
+        bootstrap: p.bootstrap.clone(),
+        psk: Some(psk),
+        mdns: p.mdns,
+        region: p.region.clone(),
+    };
+    let client = swarm::spawn(config, key, store.clone()).context("starting the P2P swarm")?;
+    tracing::info!(peer_id = %client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, mdns = p.mdns, "joined the swarm");
+    Ok(client)
 }

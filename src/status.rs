@@ -15,9 +15,22 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", render(&status));
+        print!("{}{}", render(&status), render_p2p(&status));
     }
     Ok(())
+}
+
+fn render_p2p(s: &Status) -> String {
+    match &s.p2p {
+        None => "p2p        off\n".to_string(),
+        Some(p) => {
+            let mut out = format!("p2p        peer {} with {} peers\n", p.peer_id, p.peers.len());
+            for peer in &p.peers {
+                out.push_str(&format!("  {} (region {})\n", peer.peer_id, peer.region.as_deref().unwrap_or("?")));
+            }
+            out
+        }
+    }
 }
 
 fn render(s: &Status) -> String {

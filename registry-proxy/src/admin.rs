@@ -24,6 +24,15 @@ pub struct Status {
     pub upstreams: Vec<String>,
     pub store: StoreStatus,
     pub traffic: Traffic,
+    /// The node's place in its site's swarm (absent when P2P is off).
+    #[serde(default)]
+    pub p2p: Option<P2pStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct P2pStatus {
+    pub peer_id: String,
+    pub peers: Vec<p2p_node::swarm::PeerInfo>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -39,23 +48,29 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub registry_listen: String,
     pub upstreams: Vec<String>,
+    pub swarm: Option<p2p_node::swarm::Client>,
 }
 
 impl AdminState {
-    pub fn status(&self) -> Status {
+    pub async fn status(&self) -> Status {
+        let p2p = match &self.swarm {
+            Some(s) => Some(P2pStatus { peer_id: s.peer_id().to_string(), peers: s.peers().await.unwrap_or_default() }),
+            None => None,
+        };
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             registry_listen: self.registry_listen.clone(),
             upstreams: self.upstreams.clone(),
             store: StoreStatus { path: self.store.root().display().to_string(), usage: self.store.usage() },
             traffic: self.metrics.snapshot(),
+            p2p,
         }
     }
 
     pub async fn handle_admin(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&http::Method::GET, "/status") => {
-                let json = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                let json = serde_json::to_vec_pretty(&self.status().await).unwrap_or_default();
                 reply(StatusCode::OK, "application/json", json)
             }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try GET /status\n".to_vec()),

@@ -69,6 +69,8 @@ pub struct Fetcher {
     tasks: TaskTracker,
     cancel: CancellationToken,
     buffers: Arc<Pool>,
+    /// Told about every blob this node starts to cache, so peers can find it.
+    swarm: Option<p2p_node::swarm::Client>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,7 +78,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Fetcher {
-    pub fn new(store: Store, metrics: Arc<Metrics>, piece_timeout: Duration, tasks: TaskTracker, cancel: CancellationToken) -> Fetcher {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        piece_timeout: Duration,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+        swarm: Option<p2p_node::swarm::Client>,
+    ) -> Fetcher {
         Fetcher {
             store,
             metrics,
@@ -86,6 +95,7 @@ impl Fetcher {
             tasks,
             cancel,
             buffers: Arc::default(),
+            swarm,
         }
     }
 
@@ -165,6 +175,11 @@ impl Fetcher {
             })?;
             return Ok(Source::Complete(Arc::new(r)));
         };
+        if let Some(s) = &self.swarm {
+            if let Err(e) = s.provide(*d).await {
+                tracing::warn!(digest = %d, error = %e, "cannot announce a blob to the swarm");
+            }
+        }
         if whole {
             match partial.poll(0..size) {
                 RangeState::Claimed(runs) if runs.len() == 1 && runs[0] == (0..partial.piece_count()) => {

@@ -45,11 +45,25 @@ pub struct Listeners {
 
 /// Runs the mirror, metrics and admin endpoints until `cancel`; then waits for in-flight fetches
 /// to stop and persists partial blobs' progress.
-pub async fn run(settings: MirrorSettings, store: Store, listeners: Listeners, cancel: CancellationToken) -> Result<(), Error> {
+/// `swarm`, when P2P is on, is told about the blobs this node caches and shown in status.
+pub async fn run(
+    settings: MirrorSettings,
+    store: Store,
+    listeners: Listeners,
+    swarm: Option<p2p_node::swarm::Client>,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::default());
     let upstreams = upstream::Upstreams::new(&settings)?;
     let tasks = TaskTracker::new();
-    let fetcher = Arc::new(fetcher::Fetcher::new(store.clone(), metrics.clone(), settings.piece_timeout, tasks.clone(), cancel.clone()));
+    let fetcher = Arc::new(fetcher::Fetcher::new(
+        store.clone(),
+        metrics.clone(),
+        settings.piece_timeout,
+        tasks.clone(),
+        cancel.clone(),
+        swarm.clone(),
+    ));
     let manifests = manifests::Manifests::new(store.clone(), metrics.clone(), settings.manifest_timeout, settings.stale_if_error);
     let admin = Arc::new(admin::AdminState {
         store: store.clone(),
@@ -60,6 +74,7 @@ pub async fn run(settings: MirrorSettings, store: Store, listeners: Listeners, c
             h.sort();
             h
         },
+        swarm,
     });
     let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics });
 

@@ -28,4 +28,5 @@ mod harness_checks;
 mod malformed;
 mod mirror;
 mod offline;
+mod p2p;
 mod ranges;

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
-use libp2p::{Multiaddr, PeerId};
+pub use libp2p::Multiaddr;
+use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Bitmap, Store};
@@ -38,7 +39,7 @@ pub struct SwarmConfig {
 }
 
 /// A peer this node is connected to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     pub peer_id: String,
     pub region: Option<String>,
