@@ -1,11 +1,13 @@
 //! Checks of the harness itself against the real components, without ferry: if these fail,
 //! the other tests' failures say nothing about ferry.
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::harness::containerd::Containerd;
 use crate::harness::ferry::sum_metric;
 use crate::harness::image::{build_busybox, push, push_blob};
+use crate::harness::netns::{leftovers, Site, WanShape};
 use crate::harness::oci::{blob_url, get, get_ok, pull_and_verify, MANIFEST_ACCEPT};
 use crate::harness::proxy::{FaultProxy, Mode};
 use crate::harness::registry::Registry;
@@ -209,4 +211,116 @@ async fn debian_fixture_unpacked_by_containerd_lists_like_its_layer() {
     let extracted = tree_lines(&work.path().join("x"));
     assert!(extracted.len() > 5000, "only {} entries", extracted.len());
     assert_same_lines("Debian rootfs", "extracted with tar", &extracted, "unpacked by containerd", &unpacked);
+}
+
+/// The WAN rate of the site checks, in Mbit/s.
+const WAN_MBIT: u32 = 50;
+
+/// Panics unless `measured` Mbit/s is within 0.6x..1.2x of the WAN rate.
+fn assert_wan_rate(what: &str, measured: f64, site: &Site) {
+    let rate = f64::from(WAN_MBIT);
+    eprintln!("{what}: {measured:.1} Mbit/s (WAN shaped to {WAN_MBIT} Mbit/s)");
+    assert!(
+        (0.6 * rate..=1.2 * rate).contains(&measured),
+        "{what}: {measured:.1} Mbit/s, not within 0.6..1.2 x {rate}\n{}",
+        site.describe()
+    );
+}
+
+/// The site harness without ferry: the origin's WAN link is shaped both ways (downloads by
+/// tbf, uploads by ifb+htb), node-to-node traffic is not, the namespaced registry's access log
+/// counts what crossed the WAN, and nothing of the site outlives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn site_wan_is_shaped_both_ways_and_lan_is_not() {
+    let site = Site::new(3, WanShape::mbit(WAN_MBIT));
+    let tag = site.tag().to_string();
+    let work = temp_dir("check-site");
+    let (down_file, up_file) = (work.path().join("down.bin"), work.path().join("up.bin"));
+    std::fs::write(&down_file, random_bytes(21, 16 << 20)).expect("write blob");
+    std::fs::write(&up_file, random_bytes(22, 16 << 20)).expect("write blob");
+    let origin = Registry::plain_in(&site, "origin").await;
+
+    // From the origin to its own address: loopback, not the WAN.
+    let (digest, local) = origin.push_blob_from(&site, "origin", "test/raw", &down_file);
+    eprintln!("origin -> itself: {:.1} Mbit/s", local.mbit_per_s());
+    let down = site.download("n0", &blob_url(&origin.url(), "test/raw", &digest));
+    assert_eq!((down.status, down.bytes), (200, 16 << 20), "{down:?}");
+    assert_wan_rate("origin -> n0 (download)", down.mbit_per_s(), &site);
+    let (_, up) = origin.push_blob_from(&site, "n0", "test/up", &up_file);
+    assert_eq!(up.bytes, 16 << 20, "{up:?}");
+    assert_wan_rate("n0 -> origin (upload)", up.mbit_per_s(), &site);
+    origin.settle_log().await;
+    assert_eq!(origin.count_blob_gets("test/raw", &digest), 1, "{}", origin.logs());
+    site.set_wan_rate(0);
+    let unshaped = site.download("n0", &blob_url(&origin.url(), "test/raw", &digest));
+    eprintln!("origin -> n0 (WAN unshaped): {:.1} Mbit/s", unshaped.mbit_per_s());
+    assert!(unshaped.mbit_per_s() > 3.0 * f64::from(WAN_MBIT), "removing the shaping had no effect\n{}", site.describe());
+
+    let n1 = site.node_ip(1);
+    let mut server = site.spawn_in("n1", {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "http.server", "--bind", &n1.to_string(), "8000", "--directory"]).arg(work.path());
+        cmd
+    });
+    let lan_url = format!("http://{n1}:8000/down.bin");
+    assert_eq!(site.wait_http("n0", &lan_url, Duration::from_secs(10)), 200, "{}", site.logs());
+    let lan = site.download("n0", &lan_url);
+    eprintln!("n1 -> n0 (LAN): {:.1} Mbit/s", lan.mbit_per_s());
+    assert_eq!(lan.bytes, 16 << 20);
+    assert!(lan.mbit_per_s() > 3.0 * f64::from(WAN_MBIT), "LAN {:.1} Mbit/s is not clearly above the WAN rate", lan.mbit_per_s());
+
+    drop(site);
+    assert!(server.try_wait().expect("try_wait").is_some(), "the server in n1 outlived the site");
+    assert_eq!(leftovers(&tag), Vec::<String>::new());
+}
+
+/// Cutting the WAN link makes connections to the origin fail within seconds while the LAN
+/// stays up; restoring it brings the origin back. A site can also start with the link cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn site_wan_can_be_cut_and_restored() {
+    let site = Site::new(2, WanShape { rate_mbit: WAN_MBIT, down: true });
+    let tag = site.tag().to_string();
+    let origin = Registry::plain_in(&site, "origin").await;
+    let v2 = format!("{}/v2/", origin.url());
+    let unreachable = |when: &str| {
+        let started = Instant::now();
+        let out = site.curl("n0", &["--connect-timeout", "3", "--max-time", "5", "-o", "/dev/null", &v2], Duration::from_secs(10));
+        assert!(!out.success, "{when}: the origin answered across a cut WAN link");
+        assert!(started.elapsed() < Duration::from_secs(6), "{when}: failing took {:?}", started.elapsed());
+    };
+    unreachable("created cut");
+    assert_eq!(site.http_status("origin", &v2), Some(200), "the origin itself lost its registry");
+    site.set_wan_down(false);
+    assert_eq!(site.http_status("n0", &v2), Some(200), "restored WAN link");
+    site.set_wan_down(true);
+    assert!(site.wan().down);
+    unreachable("cut again");
+    // Nothing listens on n1:1: a quick refusal proves the LAN is still up.
+    let started = Instant::now();
+    let refused = site.curl("n0", &["--connect-timeout", "3", &format!("http://{}:1/", site.node_ip(1))], Duration::from_secs(10));
+    assert!(refused.stderr.contains("refused") || refused.stderr.contains("Couldn't connect"), "n0 -> n1: {refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "n0 -> n1 took {:?}", started.elapsed());
+    site.set_wan_down(false);
+    assert_eq!(site.http_status("n0", &v2), Some(200), "restored WAN link, twice");
+    drop(origin);
+    drop(site);
+    assert_eq!(leftovers(&tag), Vec::<String>::new());
+}
+
+/// A test that panics while it owns a site still leaves no namespace, link or process behind.
+#[test]
+fn site_is_cleaned_up_when_the_test_panics() {
+    let (mut tag, mut pid) = (String::new(), 0u32);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let site = Site::new(1, WanShape::mbit(10));
+        tag = site.tag().to_string();
+        let mut sleeper = Command::new("sleep");
+        sleeper.arg("600");
+        pid = site.spawn_in("n0", sleeper).id();
+        panic!("deliberate panic with a live site (its description below is expected)");
+    }));
+    assert!(result.is_err());
+    assert_eq!(leftovers(&tag), Vec::<String>::new());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(status.is_empty() || status.contains("State:\tZ"), "sleep {pid} in n0 survived the site: {status}");
 }

@@ -8,6 +8,7 @@
 pub mod containerd;
 pub mod ferry;
 pub mod image;
+pub mod netns;
 pub mod oci;
 pub mod proxy;
 pub mod registry;

@@ -5,14 +5,22 @@
 //! Its access log (Apache combined format, written to stdout) is kept in a file so tests can
 //! count what the upstream actually served, e.g. GETs of one blob. Killed on drop; its logs are
 //! printed when the test is failing.
+//!
+//! [`Registry::plain_in`] starts a plain one inside a namespace of a [`Site`], listening on that
+//! namespace's address (port 5000); only the site's namespaces reach it, so it is driven with
+//! curl from inside them ([`Registry::push_blob_from`], [`Site::download`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::netns::{Site, Transfer};
 use super::tls::TestCa;
 use super::token::{TokenServer, ISSUER, SERVICE};
-use super::{free_port, http_client, require_binary, run_ok, temp_dir, wait_for};
+use super::{free_port, http_client, require_binary, run_ok, sha256_file, temp_dir, wait_for};
+
+/// The port of a registry started inside a site namespace (alone on its address).
+const NETNS_PORT: u16 = 5000;
 
 /// How clients authenticate to the registry.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +54,11 @@ pub struct Registry {
     /// Owns config, storage, logs and certificates; removed on drop.
     _dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Address it listens on: `127.0.0.1`, or the namespace's address for [`Registry::plain_in`].
+    pub host: String,
     pub port: u16,
+    /// Full name of the network namespace it runs in, if not the host's.
+    pub netns: Option<String>,
     pub auth: RegistryAuth,
     /// Whether it serves HTTPS.
     pub tls: bool,
@@ -80,15 +92,28 @@ impl Registry {
         Self::start(RegistryAuth::None, true).await
     }
 
+    /// A plain-HTTP registry without auth inside namespace `ns` of `site`, listening on
+    /// `site.ip_of(ns)`:5000; ready when `GET /v2/` answers from inside `ns` (20 s).
+    pub async fn plain_in(site: &Site, ns: &str) -> Self {
+        Self::start_at(RegistryAuth::None, false, Some((site, ns))).await
+    }
+
     async fn start(auth: RegistryAuth, tls: bool) -> Self {
+        Self::start_at(auth, tls, None).await
+    }
+
+    async fn start_at(auth: RegistryAuth, tls: bool, netns: Option<(&Site, &str)>) -> Self {
         require_binary("docker-registry", "docker-registry");
         let dir = temp_dir("registry");
-        let port = free_port();
+        let (host, port) = match netns {
+            Some((site, ns)) => (site.ip_of(ns).to_string(), NETNS_PORT),
+            None => ("127.0.0.1".to_string(), free_port()),
+        };
         let storage = dir.path().join("storage");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: ferry-e2e-secret\n",
+             http:\n  addr: {host}:{port}\n  secret: ferry-e2e-secret\n",
             storage.display()
         );
         let mut ca = None;
@@ -130,7 +155,11 @@ impl Registry {
         std::fs::write(&config_path, config).expect("write registry config");
         let access_log = dir.path().join("access.log");
         let error_log = dir.path().join("registry.log");
-        let child = Command::new("docker-registry")
+        let mut cmd = match netns {
+            Some((site, ns)) => site.exec(ns, "docker-registry"),
+            None => Command::new("docker-registry"),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -138,9 +167,63 @@ impl Registry {
             .stderr(std::fs::File::create(&error_log).expect("create registry log"))
             .spawn()
             .expect("spawn docker-registry");
-        let registry = Registry { _dir: dir, child: Some(child), port, auth, tls, ca, cert_dir, token_server, access_log, error_log };
-        registry.wait_ready().await;
+        let mut registry = Registry {
+            _dir: dir,
+            child: Some(child),
+            host,
+            port,
+            netns: netns.map(|(site, ns)| site.netns(ns)),
+            auth,
+            tls,
+            ca,
+            cert_dir,
+            token_server,
+            access_log,
+            error_log,
+        };
+        match netns {
+            Some((site, ns)) => registry.wait_ready_in(site, ns),
+            None => registry.wait_ready().await,
+        }
         registry
+    }
+
+    /// Polls `GET /v2/` with curl from inside `ns` until it answers (20 s), failing early if
+    /// the registry exits.
+    fn wait_ready_in(&mut self, site: &Site, ns: &str) {
+        let url = format!("{}/v2/", self.url());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while site.http_status(ns, &url).is_none() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "docker-registry in {ns} exited ({exited:?}) before it was ready:\n{}", self.logs());
+            assert!(Instant::now() < deadline, "docker-registry in {ns} did not answer {url} within 20 s:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pushes the contents of `file` as a blob of repository `name` from inside namespace `ns`
+    /// with curl (POST, then a monolithic PUT); returns its digest and the measured PUT.
+    pub fn push_blob_from(&self, site: &Site, ns: &str, name: &str, file: &Path) -> (String, Transfer) {
+        let digest = format!("sha256:{}", sha256_file(file).unwrap_or_else(|| panic!("hash {}", file.display())));
+        let start_url = format!("{}/v2/{name}/blobs/uploads/", self.url());
+        let started = site.curl(ns, &["-X", "POST", "-D", "-", "-o", "/dev/null", &start_url], Duration::from_secs(20));
+        assert!(started.success && started.stdout.contains(" 202"), "POST {start_url} from {ns}: {started:?}\n{}", self.logs());
+        let location = started
+            .stdout
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("location")).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no Location in {:?}", started.stdout));
+        let location = if location.starts_with('/') { format!("{}{location}", self.url()) } else { location };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{separator}digest={digest}");
+        let format = Transfer::curl_format("upload");
+        let args = ["-X", "PUT", "-H", "Expect:", "-H", "content-type: application/octet-stream", "--max-time", "60", "-o", "/dev/null"];
+        let file_arg = file.to_str().expect("utf-8 blob path");
+        let put = site.curl(ns, &[&args[..], &["-T", file_arg, "-w", &format, &put_url]].concat(), Duration::from_secs(70));
+        assert!(put.success, "PUT blob {digest} from {ns}: {put:?}\n{}", self.logs());
+        let transfer = Transfer::parse(&put.stdout);
+        assert_eq!(transfer.status, 201, "PUT blob {digest} from {ns}\n{}", self.logs());
+        (digest, transfer)
     }
 
     async fn wait_ready(&self) {
@@ -153,15 +236,15 @@ impl Registry {
         .await;
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `HOST:PORT` (`127.0.0.1:PORT` unless inside a namespace).
     pub fn host_port(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Base URL, `http://` or `https://`.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// A client that trusts the registry's CA (when it has one).
@@ -246,7 +329,8 @@ impl Drop for Registry {
         if std::thread::panicking() {
             let logs = self.logs();
             let tail: String = logs.chars().rev().take(20_000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("===== docker-registry on port {} (tail) =====\n{tail}", self.port);
+            let netns = self.netns.as_deref().map(|ns| format!(" in netns {ns}")).unwrap_or_default();
+            eprintln!("===== docker-registry on {}{netns} (tail) =====\n{tail}", self.host_port());
         }
     }
 }
