@@ -49,3 +49,16 @@ free_port() {
         fi
     done
 }
+
+# release_ferry: sets FERRY to the ferry binary to use: $FERRY when the caller gave one, else
+# target/release/ferry, built now. Needs REPO_ROOT.
+release_ferry() {
+    if [[ -n ${FERRY:-} ]]; then
+        [[ -x $FERRY ]] || { echo "FERRY=$FERRY is not executable" >&2; return 1; }
+        return 0
+    fi
+    ensure_cargo || return 1
+    echo "building ferry (cargo build --release --bin ferry)" >&2
+    (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2 || return 1
+    FERRY=$REPO_ROOT/target/release/ferry
+}

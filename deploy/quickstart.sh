@@ -52,11 +52,8 @@ install_packages() {
 }
 
 build_ferry() {
-    if [[ -n ${FERRY:-} ]]; then return; fi
-    ensure_cargo || exit 1
-    step "Building ferry (cargo build --release --bin ferry)"
-    (cd "$REPO_ROOT" && cargo build --release --bin ferry)
-    FERRY=$REPO_ROOT/target/release/ferry
+    step "Building ferry"
+    release_ferry || die "cannot get a ferry binary"
 }
 
 

@@ -152,14 +152,7 @@ describe_image() {
 }
 
 build_ferry() {
-    if [[ -n ${FERRY:-} ]]; then
-        [[ -x $FERRY ]] || die "FERRY=$FERRY is not executable"
-    else
-        ensure_cargo || exit 1
-        log "building ferry (release)"
-        (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2
-        FERRY=$REPO_ROOT/target/release/ferry
-    fi
+    release_ferry || die "cannot get a ferry binary"
     "$FERRY" convert --help >/dev/null 2>&1 || die "$FERRY has no working \`convert\` subcommand yet"
 }
 

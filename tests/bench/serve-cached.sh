@@ -46,14 +46,7 @@ install_deps() {
 }
 
 build_ferry() {
-    if [[ -n ${FERRY:-} ]]; then
-        [[ -x $FERRY ]] || die "FERRY=$FERRY is not executable"
-        return
-    fi
-    ensure_cargo || exit 1
-    log "building ferry (release)"
-    (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2
-    FERRY=$REPO_ROOT/target/release/ferry
+    release_ferry || die "cannot get a ferry binary"
 }
 
 # -------------------------------------------------------------- helpers ----
