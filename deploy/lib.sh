@@ -26,7 +26,7 @@ ensure_cargo() {
     if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
     command -v cargo >/dev/null 2>&1 && return 0
     cat >&2 <<'MSG'
-cargo not found. Install Rust >= 1.85 first, e.g.:
+cargo not found. Install Rust >= 1.88 first, e.g.:
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . "$HOME/.cargo/env"
 MSG
     return 1
