@@ -1,3 +1,5 @@
+//! The one error type of p2p-node: each variant names the thing it is about.
+
 use crate::digest::Digest;
 
 /// Everything that can go wrong in p2p-node, each naming the thing it is about.

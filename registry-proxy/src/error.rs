@@ -1,3 +1,5 @@
+//! The one error type of registry-proxy, and its mapping to OCI error codes and HTTP statuses.
+
 use p2p_node::Digest;
 
 /// Everything that can go wrong in the mirror, each naming the thing it is about. Each variant

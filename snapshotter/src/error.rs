@@ -1,3 +1,5 @@
+//! The one error type of the snapshotter: each variant names the thing it is about.
+
 /// Everything that can go wrong in the snapshotter, each naming the thing it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
