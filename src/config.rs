@@ -32,11 +32,23 @@ pub struct P2pSection {
     pub psk_file: Option<PathBuf>,
     pub region: String,
     pub mdns: bool,
+    /// Cap on what is served to peers, bytes per second with a unit ("50MiB"); "0": no cap.
+    pub upload_rate: String,
+    /// Pieces served to one peer at a time.
+    pub upload_per_peer: usize,
 }
 
 impl Default for P2pSection {
     fn default() -> P2pSection {
-        P2pSection { listen: Vec::new(), bootstrap: Vec::new(), psk_file: None, region: "default".into(), mdns: true }
+        P2pSection {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            psk_file: None,
+            region: "default".into(),
+            mdns: true,
+            upload_rate: "0".into(),
+            upload_per_peer: 4,
+        }
     }
 }
 
@@ -138,6 +150,8 @@ pub struct P2pSettings {
     pub psk_file: PathBuf,
     pub region: String,
     pub mdns: bool,
+    pub upload_rate: Option<u64>,
+    pub upload_per_peer: usize,
 }
 
 /// Everything `ferry node` needs, validated.
@@ -276,7 +290,19 @@ impl FileConfig {
                 "P2P needs the cluster key: add --psk-file FILE (make one with deploy/make-cluster-key.sh); without it anyone could join"
             );
         };
-        Ok(Some(P2pSettings { listen, bootstrap, psk_file, region: p.region.clone(), mdns: p.mdns }))
+        if p.upload_rate.trim().ends_with('%') {
+            bail!("p2p.upload_rate is a rate in bytes per second (\"50MiB\"), not a share");
+        }
+        let rate = parse_capacity(&p.upload_rate, Path::new("/")).context("p2p.upload_rate")?;
+        Ok(Some(P2pSettings {
+            listen,
+            bootstrap,
+            psk_file,
+            region: p.region.clone(),
+            mdns: p.mdns,
+            upload_rate: (rate > 0).then_some(rate),
+            upload_per_peer: p.upload_per_peer.max(1),
+        }))
     }
 }
 

@@ -87,6 +87,8 @@ async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, stor
         psk: Some(psk),
         mdns: p.mdns,
         region: p.region.clone(),
+        upload_rate: p.upload_rate,
+        upload_per_peer: p.upload_per_peer,
     };
     let client = swarm::spawn(config, key, store.clone()).context("starting the P2P swarm")?;
     tracing::info!(peer_id = %client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, mdns = p.mdns, "joined the swarm");

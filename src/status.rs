@@ -24,7 +24,13 @@ fn render_p2p(s: &Status) -> String {
     match &s.p2p {
         None => "p2p        off\n".to_string(),
         Some(p) => {
-            let mut out = format!("p2p        peer {} with {} peers\n", p.peer_id, p.peers.len());
+            let mut out = format!(
+                "p2p        peer {} with {} peers; {} received from peers, {} served to them\n",
+                p.peer_id,
+                p.peers.len(),
+                bytes(p.traffic.bytes_in),
+                bytes(p.traffic.bytes_out)
+            );
             for peer in &p.peers {
                 out.push_str(&format!("  {} (region {})\n", peer.peer_id, peer.region.as_deref().unwrap_or("?")));
             }

@@ -33,6 +33,7 @@ pub struct Status {
 pub struct P2pStatus {
     pub peer_id: String,
     pub peers: Vec<p2p_node::swarm::PeerInfo>,
+    pub traffic: p2p_node::swarm::Traffic,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,7 +55,9 @@ pub struct AdminState {
 impl AdminState {
     pub async fn status(&self) -> Status {
         let p2p = match &self.swarm {
-            Some(s) => Some(P2pStatus { peer_id: s.peer_id().to_string(), peers: s.peers().await.unwrap_or_default() }),
+            Some(s) => {
+                Some(P2pStatus { peer_id: s.peer_id().to_string(), peers: s.peers().await.unwrap_or_default(), traffic: s.traffic() })
+            }
             None => None,
         };
         Status {
@@ -80,6 +83,9 @@ impl AdminState {
     pub async fn handle_metrics(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         if req.uri().path() != "/metrics" {
             return reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try GET /metrics\n".to_vec());
+        }
+        if let Some(s) = &self.swarm {
+            self.metrics.sync_peers(s.traffic());
         }
         let u = self.store.usage();
         self.metrics.store_used.set(i64::try_from(u.used).unwrap_or(i64::MAX));

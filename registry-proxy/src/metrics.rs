@@ -25,6 +25,12 @@ pub struct RequestLabel {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `in` (received from peers) or `out` (served to peers).
+    pub direction: &'static str,
+}
+
 type HistogramFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -42,6 +48,9 @@ pub struct Metrics {
     pub fetch_failures: Counter,
     pub store_used: Gauge,
     pub store_capacity: Gauge,
+    pub peer_bytes: Family<DirectionLabel, Counter>,
+    /// The swarm's totals at the last scrape, to add only what is new.
+    peer_seen: std::sync::Mutex<p2p_node::swarm::Traffic>,
 }
 
 fn latency() -> Histogram {
@@ -64,6 +73,8 @@ impl Default for Metrics {
             fetch_failures: Counter::default(),
             store_used: Gauge::default(),
             store_capacity: Gauge::default(),
+            peer_bytes: Family::default(),
+            peer_seen: Default::default(),
             registry: Registry::default(),
         };
         registry.register("ferry_bytes_served", "Bytes sent to clients, by where they came from", m.bytes_served.clone());
@@ -86,9 +97,13 @@ impl Default for Metrics {
         registry.register("ferry_fetch_failures", "Upstream fetches that failed after retries", m.fetch_failures.clone());
         registry.register("ferry_store_used_bytes", "Bytes the content store holds or has reserved", m.store_used.clone());
         registry.register("ferry_store_capacity_bytes", "The content store's capacity", m.store_capacity.clone());
+        registry.register("ferry_peer_bytes", "Bytes received from (in) and served to (out) peers", m.peer_bytes.clone());
         // Known label sets exist from the start, at zero, so scrapers see them on a fresh node.
         for source in ["cache", "origin"] {
             let _ = m.bytes_served.get_or_create(&SourceLabel { source });
+        }
+        for direction in ["in", "out"] {
+            let _ = m.peer_bytes.get_or_create(&DirectionLabel { direction });
         }
         for kind in ["blob", "manifest"] {
             let _ = m.cache_hits.get_or_create(&KindLabel { kind });
@@ -110,6 +125,14 @@ impl Metrics {
 
     pub fn upstream(&self, kind: &'static str, status: u16) {
         self.upstream_requests.get_or_create(&RequestLabel { kind, status }).inc();
+    }
+
+    /// Brings the peer byte counters up to the swarm's totals.
+    pub fn sync_peers(&self, now: p2p_node::swarm::Traffic) {
+        let mut seen = self.peer_seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.peer_bytes.get_or_create(&DirectionLabel { direction: "in" }).inc_by(now.bytes_in.saturating_sub(seen.bytes_in));
+        self.peer_bytes.get_or_create(&DirectionLabel { direction: "out" }).inc_by(now.bytes_out.saturating_sub(seen.bytes_out));
+        *seen = now;
     }
 
     /// The Prometheus text exposition.

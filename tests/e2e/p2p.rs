@@ -69,6 +69,11 @@ async fn nodes_with_the_cluster_key_join_and_others_do_not() {
     assert_eq!(status(&intruder)["p2p"]["peers"].as_array().map(Vec::len), Some(0), "the intruder has no peers");
     let table = run_cmd(Command::new(FERRY_BIN).args(["status", "--admin-socket"]).arg(a.admin_socket()), Duration::from_secs(10)).stdout;
     assert!(table.contains("with 1 peers") && table.contains("region edge-1"), "{table}");
+    for direction in ["in", "out"] {
+        let n = a.metric("ferry_peer_bytes_total", &[("direction", direction)]).await;
+        assert_eq!(n, 0.0, "nothing moved between peers yet ({direction})");
+    }
+    assert!(a.metrics_text().await.contains("ferry_peer_bytes_total{direction=\"out\"}"));
 }
 
 #[test]

@@ -17,6 +17,7 @@ use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
+use super::limits::Limits;
 use super::protocol::{Codec, Request, Response, PROTOCOL};
 use super::{Command, PeerInfo, SwarmConfig};
 use crate::store::Store;
@@ -39,6 +40,7 @@ pub(crate) struct EventLoop {
     /// For serving tasks to hand responses back; weak, so the loop ends with the last Client.
     myself: mpsc::WeakSender<Command>,
     store: Store,
+    limits: std::sync::Arc<Limits>,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, Error>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
@@ -58,6 +60,7 @@ impl EventLoop {
         config: SwarmConfig,
         key: Keypair,
         store: Store,
+        limits: Limits,
         commands: mpsc::Receiver<Command>,
         myself: mpsc::WeakSender<Command>,
     ) -> Result<EventLoop, Error> {
@@ -111,6 +114,7 @@ impl EventLoop {
             commands,
             myself,
             store,
+            limits: std::sync::Arc::new(limits),
             providers: HashMap::new(),
             requests: HashMap::new(),
             dials: HashMap::new(),
@@ -240,11 +244,19 @@ impl EventLoop {
 
     fn on_pieces(&mut self, event: request_response::Event<Request, Response>) {
         match event {
-            request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
+            request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
                 let store = self.store.clone();
                 let myself = self.myself.clone();
+                let limits = self.limits.clone();
                 tokio::spawn(async move {
+                    // One of this peer's few slots, then the bytes, then the upload rate.
+                    let _slot = limits.slot(peer).await;
                     let response = tokio::task::spawn_blocking(move || serve(&store, request)).await.unwrap_or(Response::NotHere);
+                    if let Response::Piece(data) = &response {
+                        limits.spend(data.len() as u64).await;
+                        limits.counters.bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        limits.counters.pieces_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if let Some(tx) = myself.upgrade() {
                         let _ = tx.send(Command::Respond { channel, response }).await;
                     }

@@ -10,7 +10,10 @@
 //! callers verify them against digests from a trusted source before use.
 
 mod event_loop;
+mod limits;
 pub mod protocol;
+
+pub use limits::Traffic;
 
 use std::path::Path;
 
@@ -36,6 +39,10 @@ pub struct SwarmConfig {
     pub mdns: bool,
     /// This node's region, told to peers (same-region peers are preferred).
     pub region: String,
+    /// Upload cap in bytes per second for everything served to peers (`None`: no cap).
+    pub upload_rate: Option<u64>,
+    /// Pieces served to one peer at a time (at least 1).
+    pub upload_per_peer: usize,
 }
 
 /// A peer this node is connected to.
@@ -61,6 +68,7 @@ pub(crate) enum Command {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     local: PeerId,
+    counters: std::sync::Arc<limits::Counters>,
 }
 
 impl std::fmt::Debug for Client {
@@ -82,6 +90,11 @@ impl Client {
 
     pub fn peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// Bytes received from and served to peers since start.
+    pub fn traffic(&self) -> Traffic {
+        self.counters.snapshot()
     }
 
     /// The addresses the swarm listens on now.
@@ -122,7 +135,10 @@ impl Client {
     /// Piece `index` of `digest` from `peer` — unverified bytes: the caller checks them.
     pub async fn piece(&self, peer: PeerId, digest: Digest, index: u32) -> Result<Option<Vec<u8>>, Error> {
         match self.request(peer, protocol::Request::Piece { digest, index }).await? {
-            protocol::Response::Piece(data) => Ok(Some(data)),
+            protocol::Response::Piece(data) => {
+                self.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(data))
+            }
             protocol::Response::NotHere => Ok(None),
             protocol::Response::HaveMap { .. } => {
                 Err(Error::Peer { peer: peer.to_string(), why: "answered a piece request with a have-map".into() })
@@ -165,9 +181,11 @@ pub fn load_psk(path: &Path) -> Result<PreSharedKey, Error> {
 pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Client, Error> {
     let local = key.public().to_peer_id();
     let (tx, rx) = mpsc::channel(256);
-    let event_loop = event_loop::EventLoop::new(config, key, store, rx, tx.downgrade())?;
+    let counters = std::sync::Arc::new(limits::Counters::default());
+    let limits = limits::Limits::new(config.upload_rate, config.upload_per_peer, counters.clone());
+    let event_loop = event_loop::EventLoop::new(config, key, store, limits, rx, tx.downgrade())?;
     tokio::spawn(event_loop.run());
-    Ok(Client { tx, local })
+    Ok(Client { tx, local, counters })
 }
 
 #[cfg(test)]

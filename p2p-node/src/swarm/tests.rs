@@ -16,6 +16,10 @@ struct Node {
 }
 
 async fn node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Node {
+    limited_node(key, bootstrap, None).await
+}
+
+async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, upload_rate: Option<u64>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("store"), StoreConfig::default()).expect("store");
     let config = SwarmConfig {
@@ -24,6 +28,8 @@ async fn node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Node {
         psk: key,
         mdns: false,
         region: "site-a".into(),
+        upload_rate,
+        upload_per_peer: 2,
     };
     let identity = load_or_create_identity(&dir.path().join("identity.key")).expect("identity");
     let client = spawn(config, identity, store.clone()).expect("spawn");
@@ -107,4 +113,25 @@ fn cluster_keys_and_identities_load_with_clear_errors() {
     let first = load_or_create_identity(&id).expect("create");
     let again = load_or_create_identity(&id).expect("load");
     assert_eq!(first.public().to_peer_id(), again.public().to_peer_id(), "the identity survives a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_keep_to_the_rate_cap_and_are_counted() {
+    let rate = 2 * PIECE_SIZE; // two pieces a second, one second of burst
+    let a = limited_node(Some(psk(9)), vec![], Some(rate)).await;
+    let data = blob(6 * PIECE_SIZE as usize);
+    let d = Digest::of(&data);
+    a.store.put(&d, &data).expect("put");
+    let b = node(Some(psk(9)), vec![]).await;
+    b.client.dial(address(&a).await).await.expect("dial");
+    let started = std::time::Instant::now();
+    for i in 0..6 {
+        b.client.piece(a.client.peer_id(), d, i).await.expect("piece").expect("present");
+    }
+    let elapsed = started.elapsed();
+    // 6 pieces at 2 a second, 2 of them from the initial burst: about 2 seconds at least.
+    assert!(elapsed >= Duration::from_millis(1800), "the cap did not hold: 6 MiB in {elapsed:?}");
+    let out = a.client.traffic();
+    assert_eq!((out.bytes_out, out.pieces_out), (6 * PIECE_SIZE, 6));
+    assert_eq!(b.client.traffic().bytes_in, 6 * PIECE_SIZE);
 }
