@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use registry_proxy::names::{Reference, Repo};
 use registry_proxy::upstream::Upstream;
 use registry_proxy::{MirrorSettings, UpstreamSettings};
-use snapshotter::convert::oci::{Descriptor, Layout, MT_DOCKER_LIST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use snapshotter::convert::oci::{self, Descriptor, Layout, MT_OCI_MANIFEST};
 use snapshotter::convert::{convert_image, ConvertOptions, Priorities, Progress, Report};
 use snapshotter::zstd_chunked::WriteOptions;
 
@@ -66,17 +66,14 @@ fn upstream_for(host: &str, args: &ConvertArgs) -> Result<Arc<Upstream>> {
 
 /// Pulls a single-platform image (linux/amd64 from an index) into `layout` as `tag`.
 async fn pull(up: &Upstream, repo: &Repo, reference: &Reference, layout: &Layout, tag: &str) -> Result<()> {
-    let (mut bytes, mut media_type, mut digest) = up.get_manifest(repo, reference).await?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
-    if media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST || v.get("manifests").is_some() {
+    let mut m = up.get_manifest(repo, reference).await?;
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes).context("the manifest is not JSON")?;
+    if oci::is_index(&m.media_type, &v) {
         let list: Vec<Descriptor> = serde_json::from_value(v["manifests"].clone()).context("reading the image index")?;
-        let pick = list
-            .iter()
-            .find(|m| m.platform.as_ref().is_some_and(|p| p["os"] == "linux" && p["architecture"] == "amd64"))
-            .context("the image index has no linux/amd64 image")?;
-        (bytes, media_type, digest) = up.get_manifest(repo, &Reference::Digest(pick.digest)).await?;
+        let pick = oci::pick_platform(&list).context("the image index has no linux/amd64 image")?;
+        m = up.get_manifest(repo, &Reference::Digest(pick.digest)).await?;
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&m.bytes).context("the manifest is not JSON")?;
     let mut blobs: Vec<Descriptor> = serde_json::from_value(manifest["layers"].clone()).context("reading the manifest's layers")?;
     blobs.push(serde_json::from_value(manifest["config"].clone()).context("reading the manifest's config")?);
     for b in &blobs {
@@ -87,9 +84,15 @@ async fn pull(up: &Upstream, repo: &Repo, reference: &Reference, layout: &Layout
         up.download_blob(repo, &b.digest, &temp).await.with_context(|| format!("pulling {}", b.digest))?;
         layout.commit_temp(&temp, &b.digest)?;
     }
-    layout.put_bytes(&bytes)?;
-    let media_type = if media_type.is_empty() { MT_OCI_MANIFEST.to_string() } else { media_type };
-    layout.tag(&Descriptor { media_type, digest, size: bytes.len() as u64, annotations: Default::default(), platform: None }, tag)?;
+    layout.put_bytes(&m.bytes)?;
+    let desc = Descriptor {
+        media_type: m.media_type,
+        digest: m.digest,
+        size: m.bytes.len() as u64,
+        annotations: Default::default(),
+        platform: None,
+    };
+    layout.tag(&desc, tag)?;
     Ok(())
 }
 

@@ -9,20 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::Method;
 use p2p_node::store::Store;
 use p2p_node::Digest;
 
 use crate::metrics::{KindLabel, Metrics};
 use crate::names::{Reference, Repo};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, MAX_MANIFEST};
 use crate::Error;
-
-/// What registries and containerd accept as a manifest size.
-pub const MAX_MANIFEST: u64 = 4 << 20;
-
-pub(crate) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// A manifest ready to serve.
 #[derive(Debug, Clone)]
@@ -62,13 +56,6 @@ impl Manifests {
                 }
                 self.metrics.hit("manifest", false);
                 let m = self.fetch(up, name, reference).await?;
-                if m.digest != *d {
-                    return Err(Error::UpstreamBad {
-                        upstream: up.host.clone(),
-                        what: format!("manifest {d}"),
-                        reason: format!("content has digest {}", m.digest),
-                    });
-                }
                 self.save(&m)?;
                 Ok(m)
             }
@@ -148,65 +135,26 @@ impl Manifests {
 
     /// Sends a manifest request within the revalidation timeout and checks its status.
     async fn send(&self, up: &Upstream, name: &Repo, reference: &Reference, method: Method) -> Result<reqwest::Response, Error> {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT));
         let kind = if method == Method::HEAD { "manifest_head" } else { "manifest" };
-        let what = format!("manifest {reference} of {name}");
         let started = std::time::Instant::now();
         let resp =
-            tokio::time::timeout(self.timeout, up.request(method, name, &format!("manifests/{reference}"), h)).await.map_err(|_| {
-                Error::Timeout { what: format!("waiting for {} to answer for {what}", up.host), secs: self.timeout.as_secs() }
+            tokio::time::timeout(self.timeout, up.manifest_request(method, name, reference)).await.map_err(|_| Error::Timeout {
+                what: format!("waiting for {} to answer for manifest {reference} of {name}", up.host),
+                secs: self.timeout.as_secs(),
             })??;
         self.metrics.upstream(kind, resp.status().as_u16());
         self.metrics.fetch_duration.get_or_create(&KindLabel { kind: "manifest" }).observe(started.elapsed().as_secs_f64());
-        match resp.status() {
-            StatusCode::OK => Ok(resp),
-            StatusCode::NOT_FOUND => {
-                Err(Error::ManifestUnknown { upstream: up.host.clone(), name: name.to_string(), reference: reference.to_string() })
-            }
-            s => Err(up.status_error(what, s)),
-        }
+        up.expect_manifest(resp, name, reference)
     }
 
-    /// GETs a manifest and checks it: size limit, and the digest the upstream claims.
+    /// GETs a manifest and checks it (size, the reference's digest, the upstream's claim).
     async fn fetch(&self, up: &Upstream, name: &Repo, reference: &Reference) -> Result<Manifest, Error> {
-        let mut resp = self.send(up, name, reference, Method::GET).await?;
-        let what = format!("manifest {reference} of {name}");
-        let bad = |reason: String| Error::UpstreamBad { upstream: up.host.clone(), what: what.clone(), reason };
-        let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let content_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let mut body = Vec::new();
-        while let Some(chunk) = tokio::time::timeout(self.timeout, up.chunk(&mut resp, &what))
+        let resp = self.send(up, name, reference, Method::GET).await?;
+        let fetched = tokio::time::timeout(self.timeout, up.read_manifest(resp, name, reference))
             .await
-            .map_err(|_| Error::Timeout { what: format!("reading {what}"), secs: self.timeout.as_secs() })??
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > MAX_MANIFEST {
-                return Err(bad(format!("larger than {MAX_MANIFEST} bytes")));
-            }
-        }
-        let digest = Digest::of(&body);
-        if let Some(c) = claimed {
-            let c: Digest = c.parse().map_err(|_| bad(format!("bad Docker-Content-Digest {c:?}")))?;
-            if c != digest {
-                return Err(bad(format!("digest mismatch: header says {c}, content is {digest}")));
-            }
-        }
-        let media_type = content_type
-            .filter(|t| t.starts_with("application/"))
-            .or_else(|| media_type_of(&body))
-            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
-        Ok(Manifest { bytes: body.into(), media_type, digest, source: "origin" })
+            .map_err(|_| Error::Timeout { what: format!("reading manifest {reference} of {name}"), secs: self.timeout.as_secs() })??;
+        Ok(Manifest { bytes: fetched.bytes, media_type: fetched.media_type, digest: fetched.digest, source: "origin" })
     }
-}
-
-fn media_type_of(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("mediaType")?.as_str().map(str::to_string)
 }
 
 fn now() -> u64 {

@@ -5,7 +5,10 @@
 //! registry is refused before anything is sent (the mirror is never an open proxy).
 
 pub mod auth;
+mod manifest;
 mod push;
+
+pub use manifest::{Fetched, MAX_MANIFEST};
 
 use std::collections::HashMap;
 use std::sync::Arc;

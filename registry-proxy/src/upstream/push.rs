@@ -1,5 +1,5 @@
-//! Whole-image transfers for `ferry convert`: fetch a manifest and blobs into files, check for
-//! and upload blobs, put a manifest. Uploads use the push scope; everything fetched is verified
+//! Whole-image transfers for `ferry convert`: download blobs into files, check for and upload
+//! blobs, put a manifest. Uploads use the push scope; everything fetched is verified
 //! against its digest before it is kept.
 
 use std::path::Path;
@@ -10,8 +10,7 @@ use p2p_node::{Digest, Hasher};
 use tokio::io::AsyncWriteExt;
 
 use super::Upstream;
-use crate::manifests::{ACCEPT, MAX_MANIFEST};
-use crate::names::{Reference, Repo};
+use crate::names::Repo;
 use crate::Error;
 
 fn push_scope(name: &Repo) -> String {
@@ -19,51 +18,6 @@ fn push_scope(name: &Repo) -> String {
 }
 
 impl Upstream {
-    /// A manifest (or index) by tag or digest: its bytes, media type and digest (checked
-    /// against the reference when it is a digest).
-    pub async fn get_manifest(&self, name: &Repo, reference: &Reference) -> Result<(Bytes, String, Digest), Error> {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT));
-        let resp = self.request(Method::GET, name, &format!("manifests/{reference}"), h).await?;
-        let what = format!("manifest {reference} of {name}");
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::ManifestUnknown {
-                    upstream: self.host.clone(),
-                    name: name.to_string(),
-                    reference: reference.to_string(),
-                })
-            }
-            s => return Err(self.status_error(what, s)),
-        }
-        let media_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let bytes = resp.bytes().await.map_err(|e| Error::UpstreamUnreachable {
-            upstream: self.host.clone(),
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
-        if bytes.len() as u64 > MAX_MANIFEST {
-            return Err(Error::UpstreamBad { upstream: self.host.clone(), what, reason: format!("over {MAX_MANIFEST} bytes") });
-        }
-        let digest = Digest::of(&bytes);
-        if let Reference::Digest(d) = reference {
-            if *d != digest {
-                return Err(Error::UpstreamBad { upstream: self.host.clone(), what, reason: format!("content has digest {digest}") });
-            }
-        }
-        Ok((bytes, media_type, digest))
-    }
-
     /// Downloads blob `digest` into `path`, streaming, and checks it; returns its size.
     pub async fn download_blob(&self, name: &Repo, digest: &Digest, path: &Path) -> Result<u64, Error> {
         let what = format!("blob {digest} of {name}");

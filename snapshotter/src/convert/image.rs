@@ -10,7 +10,7 @@ use p2p_node::{Digest, Hasher};
 use serde::Serialize;
 
 use super::layer::convert_layer;
-use super::oci::{Descriptor, Layout, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_LAYER_ZSTD, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use super::oci::{is_index, pick_platform, Descriptor, Layout, MT_DOCKER_MANIFEST, MT_LAYER_ZSTD, MT_OCI_CONFIG, MT_OCI_MANIFEST};
 use super::prioritize::Priorities;
 use crate::zstd_chunked::WriteOptions;
 use crate::Error;
@@ -69,14 +69,10 @@ fn manifest_of(src: &Layout, desc: &Descriptor) -> Result<(Descriptor, serde_jso
     let bytes = src.read_small(&desc.digest)?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad_manifest(e.to_string()))?;
     let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(&desc.media_type).to_string();
-    if mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST || v.get("manifests").is_some() {
+    if is_index(&mt, &v) {
         let list: Vec<Descriptor> =
             serde_json::from_value(v.get("manifests").cloned().unwrap_or_default()).map_err(|e| bad_manifest(e.to_string()))?;
-        let pick = list
-            .iter()
-            .find(|m| m.platform.as_ref().is_some_and(|p| p["os"] == "linux" && p["architecture"] == "amd64"))
-            .or(if list.len() == 1 { list.first() } else { None })
-            .ok_or_else(|| bad_manifest("a multi-platform index without a linux/amd64 image"))?;
+        let pick = pick_platform(&list).ok_or_else(|| bad_manifest("a multi-platform index without a linux/amd64 image"))?;
         return manifest_of(src, pick);
     }
     if mt != MT_OCI_MANIFEST && mt != MT_DOCKER_MANIFEST {

@@ -42,6 +42,17 @@ struct Index {
     manifests: Vec<Descriptor>,
 }
 
+/// Whether a manifest (by its media type, or its shape) is an index of per-platform manifests.
+pub fn is_index(media_type: &str, manifest: &serde_json::Value) -> bool {
+    media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST || manifest.get("manifests").is_some()
+}
+
+/// The image an index gives for this converter: linux/amd64, or its only entry.
+pub fn pick_platform(list: &[Descriptor]) -> Option<&Descriptor> {
+    let linux_amd64 = |d: &&Descriptor| d.platform.as_ref().is_some_and(|p| p["os"] == "linux" && p["architecture"] == "amd64");
+    list.iter().find(linux_amd64).or(if list.len() == 1 { list.first() } else { None })
+}
+
 /// An OCI image layout directory.
 #[derive(Debug, Clone)]
 pub struct Layout {
