@@ -52,10 +52,38 @@ pub struct OpenBlob {
     present_at_open: Option<Bitmap>,
 }
 
-pub(crate) struct Failure {
+struct Failure {
     at: Instant,
     reason: String,
     bad_digest: bool,
+}
+
+/// Recent failed fetches per digest, so that waiters fail together instead of retrying in turn,
+/// and a digest mismatch is answered at once for a while. Entries older than anyone could still
+/// be waiting are dropped as new ones come.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<Digest, Failure>>);
+
+/// How long a failure is kept at all.
+const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(600);
+
+impl Failures {
+    fn record(&self, d: Digest, e: &Error) {
+        let bad_digest = matches!(e, Error::Store(p2p_node::Error::DigestMismatch { .. }));
+        let mut map = lock(&self.0);
+        map.retain(|_, f| f.at.elapsed() < FORGET_FAILURES_AFTER);
+        map.insert(d, Failure { at: Instant::now(), reason: e.to_string(), bad_digest });
+    }
+
+    /// Why the last fetch of `d` failed, if it failed after `since`.
+    fn since(&self, d: &Digest, since: Instant) -> Option<String> {
+        lock(&self.0).get(d).filter(|f| f.at >= since).map(|f| f.reason.clone())
+    }
+
+    /// The digest mismatch the origin gave for `d` within the last [`BAD_DIGEST_MEMORY`].
+    fn bad_digest(&self, d: &Digest) -> Option<String> {
+        lock(&self.0).get(d).filter(|f| f.bad_digest && f.at.elapsed() < BAD_DIGEST_MEMORY).map(|f| f.reason.clone())
+    }
 }
 
 pub struct Fetcher {
@@ -64,8 +92,7 @@ pub struct Fetcher {
     piece_timeout: Duration,
     /// One cold open per digest at a time, so concurrent first requests share one upstream GET.
     opening: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// The last failed fetch per digest, so waiters fail together instead of retrying in turn.
-    failures: Arc<Mutex<HashMap<Digest, Failure>>>,
+    failures: Arc<Failures>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     buffers: Arc<Pool>,
@@ -125,8 +152,8 @@ impl Fetcher {
             let size = r.size();
             return Ok(blob(Source::Complete(Arc::new(r)), size, true));
         }
-        if let Some(f) = lock(&self.failures).get(d).filter(|f| f.bad_digest && f.at.elapsed() < BAD_DIGEST_MEMORY) {
-            return Err(Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: f.reason.clone() });
+        if let Some(reason) = self.failures.bad_digest(d) {
+            return Err(Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason });
         }
         if let Some(p) = self.store.partial(d) {
             return Ok(blob(Source::Partial(p.clone()), p.size(), false));
@@ -142,8 +169,7 @@ impl Fetcher {
         lock(&self.opening).remove(d);
         if let Err(e) = &result {
             if e.is_upstream_failure() {
-                let failure = Failure { at: Instant::now(), reason: e.to_string(), bad_digest: false };
-                lock(&self.failures).insert(*d, failure);
+                self.failures.record(*d, e);
             }
         }
         let source = result?;
@@ -330,7 +356,7 @@ impl Fetcher {
     }
 
     fn failed_since(&self, d: &Digest, since: Instant) -> Option<String> {
-        lock(&self.failures).get(d).filter(|f| f.at >= since).map(|f| f.reason.clone())
+        self.failures.since(d, since)
     }
 
     fn spawn_fill(&self, up: Arc<Upstream>, name: Repo, p: Arc<Partial>, run: Range<u32>, resp: Option<(reqwest::Response, Instant)>) {
@@ -340,8 +366,7 @@ impl Fetcher {
             if let Err((e, rest)) = fill.run(run, resp).await {
                 fill.metrics.fetch_failures.inc();
                 tracing::warn!(digest = %fill.p.digest(), error = %e, "fetch failed");
-                let bad_digest = matches!(e, Error::Store(p2p_node::Error::DigestMismatch { .. }));
-                lock(&failures).insert(fill.p.digest(), Failure { at: Instant::now(), reason: e.to_string(), bad_digest });
+                failures.record(fill.p.digest(), &e);
                 if matches!(e, Error::Store(p2p_node::Error::Io { .. })) {
                     // The store cannot take it (disk full, I/O error): free what it holds.
                     fill.p.fail(e.to_string());
