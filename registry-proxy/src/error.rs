@@ -38,6 +38,8 @@ pub enum Error {
     Auth { upstream: String, reason: String },
     #[error("timed out after {secs}s {what}")]
     Timeout { what: String, secs: u64 },
+    #[error("the node is shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Store(p2p_node::Error),
     #[error("{what}: {source}")]
@@ -71,6 +73,7 @@ impl Error {
             Error::Unauthorized { .. } | Error::Auth { .. } => (401, "UNAUTHORIZED"),
             Error::UpstreamStatus { status: 429, .. } => (429, "TOOMANYREQUESTS"),
             Error::Timeout { .. } => (504, "UNAVAILABLE"),
+            Error::ShuttingDown => (503, "UNAVAILABLE"),
             Error::UpstreamStatus { .. } | Error::UpstreamUnreachable { .. } | Error::UpstreamBad { .. } => (502, "UNAVAILABLE"),
             Error::Store(p2p_node::Error::DigestMismatch { .. }) => (502, "DIGEST_INVALID"),
             Error::Store(p2p_node::Error::Failed { .. }) => (502, "UNAVAILABLE"),

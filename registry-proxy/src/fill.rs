@@ -79,7 +79,7 @@ impl Fill {
         loop {
             let chunk = tokio::select! {
                 c = self.up.chunk(&mut resp, &what) => c?,
-                () = self.cancel.cancelled() => return Err(Error::Timeout { what: "fetch cancelled by shutdown".into(), secs: 0 }),
+                () = self.cancel.cancelled() => return Err(Error::ShuttingDown),
             };
             let Some(mut chunk) = chunk else { break };
             self.metrics.origin_bytes.inc_by(chunk.len() as u64);
