@@ -4,8 +4,6 @@
 //! sha256 of everything before it. A file that fails any check is treated as absent: the pieces it
 //! claimed are fetched again, nothing unproven is trusted.
 
-use std::ops::Range;
-
 use crate::digest::Digest;
 
 const MAGIC: &[u8] = b"FERRYMAP1\n";
@@ -44,10 +42,6 @@ impl Bitmap {
 
     pub fn count(&self) -> u32 {
         self.bits.iter().map(|w| w.count_ones()).sum()
-    }
-
-    pub fn all(&self, range: Range<u32>) -> bool {
-        range.into_iter().all(|i| self.get(i))
     }
 
     pub fn is_full(&self) -> bool {

@@ -118,9 +118,6 @@ impl BlobReader {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         self.file.read_exact_at(buf, offset).map_err(|e| Error::io(format!("reading {} at {offset}", self.digest), e))
     }
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 impl Drop for BlobReader {

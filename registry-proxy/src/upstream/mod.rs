@@ -167,10 +167,6 @@ impl Upstream {
         }
     }
 
-    pub fn read_timeout(&self) -> Duration {
-        self.read_timeout
-    }
-
     /// An error for an unexpected status.
     pub fn status_error(&self, what: String, status: StatusCode) -> Error {
         match status {
