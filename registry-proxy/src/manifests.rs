@@ -28,6 +28,9 @@ pub struct Manifest {
     pub source: &'static str,
 }
 
+/// How often an unchanged tag's record is rewritten with a new confirmation time.
+const RECONFIRM_EVERY_SECS: u64 = 60;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct TagRecord {
     digest: Digest,
@@ -91,7 +94,11 @@ impl Manifests {
         match fresh.await {
             Ok(None) => {
                 self.metrics.hit("manifest", true);
-                self.record(&key, &cached.digest)?;
+                // Unchanged: refresh the record's time (the stale-if-error bound) at most once a
+                // minute, not with an fsync on every pull.
+                if now().saturating_sub(checked) >= RECONFIRM_EVERY_SECS {
+                    self.record(&key, &cached.digest)?;
+                }
                 Ok(cached)
             }
             Ok(Some(m)) => {
