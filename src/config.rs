@@ -34,6 +34,8 @@ pub struct P2pSection {
     pub mdns: bool,
     /// Cap on what is served to peers, bytes per second with a unit ("50MiB"); "0": no cap.
     pub upload_rate: String,
+    /// Cap on what is fetched from peers, likewise.
+    pub download_rate: String,
     /// Pieces served to one peer at a time.
     pub upload_per_peer: usize,
 }
@@ -47,6 +49,7 @@ impl Default for P2pSection {
             region: "default".into(),
             mdns: true,
             upload_rate: "0".into(),
+            download_rate: "0".into(),
             upload_per_peer: 4,
         }
     }
@@ -151,6 +154,7 @@ pub struct P2pSettings {
     pub region: String,
     pub mdns: bool,
     pub upload_rate: Option<u64>,
+    pub download_rate: Option<u64>,
     pub upload_per_peer: usize,
 }
 
@@ -290,17 +294,21 @@ impl FileConfig {
                 "P2P needs the cluster key: add --psk-file FILE (make one with deploy/make-cluster-key.sh); without it anyone could join"
             );
         };
-        if p.upload_rate.trim().ends_with('%') {
-            bail!("p2p.upload_rate is a rate in bytes per second (\"50MiB\"), not a share");
-        }
-        let rate = parse_capacity(&p.upload_rate, Path::new("/")).context("p2p.upload_rate")?;
+        let rate = |what: &str, spec: &str| -> Result<Option<u64>> {
+            if spec.trim().ends_with('%') {
+                bail!("p2p.{what} is a rate in bytes per second (\"50MiB\"), not a share");
+            }
+            let r = parse_capacity(spec, Path::new("/")).with_context(|| format!("p2p.{what}"))?;
+            Ok((r > 0).then_some(r))
+        };
         Ok(Some(P2pSettings {
             listen,
             bootstrap,
             psk_file,
             region: p.region.clone(),
             mdns: p.mdns,
-            upload_rate: (rate > 0).then_some(rate),
+            upload_rate: rate("upload_rate", &p.upload_rate)?,
+            download_rate: rate("download_rate", &p.download_rate)?,
             upload_per_peer: p.upload_per_peer.max(1),
         }))
     }

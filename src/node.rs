@@ -77,7 +77,7 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
 }
 
 /// Joins the site's swarm with the node's persistent identity (kept in the store folder).
-async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, store: &Store) -> Result<p2p_node::swarm::Client> {
+async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, store: &Store) -> Result<p2p_node::swarm::Swarm> {
     use p2p_node::swarm;
     let psk = swarm::load_psk(&p.psk_file)?;
     let key = swarm::load_or_create_identity(&store_path.join("p2p/identity.key"))?;
@@ -88,9 +88,11 @@ async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, stor
         mdns: p.mdns,
         region: p.region.clone(),
         upload_rate: p.upload_rate,
+        download_rate: p.download_rate,
+        test_fault_corrupt_served_pieces: std::env::var("FERRY_TEST_FAULT_CORRUPT_SERVED_PIECES").as_deref() == Ok("1"),
         upload_per_peer: p.upload_per_peer,
     };
-    let client = swarm::spawn(config, key, store.clone()).context("starting the P2P swarm")?;
-    tracing::info!(peer_id = %client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, mdns = p.mdns, "joined the swarm");
-    Ok(client)
+    let swarm = swarm::spawn(config, key, store.clone()).context("starting the P2P swarm")?;
+    tracing::info!(peer_id = %swarm.client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, mdns = p.mdns, "joined the swarm");
+    Ok(swarm)
 }

@@ -21,28 +21,63 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 }
 
 fn render_p2p(s: &Status) -> String {
-    match &s.p2p {
-        None => "p2p        off\n".to_string(),
+    let mut out = match &s.p2p {
+        None => "p2p        off: every blob comes from the origin\n".to_string(),
         Some(p) => {
             let mut out = format!(
-                "p2p        peer {} with {} peers; {} received from peers, {} served to them\n",
+                "p2p        peer {} in region {} with {} peers; {} received from peers, {} served to them\n",
                 p.peer_id,
+                p.region,
                 p.peers.len(),
                 bytes(p.traffic.bytes_in),
                 bytes(p.traffic.bytes_out)
             );
-            for peer in &p.peers {
-                out.push_str(&format!("  {} (region {})\n", peer.peer_id, peer.region.as_deref().unwrap_or("?")));
+            if p.peers.is_empty() {
+                out.push_str("  no peers connected: blobs come from the origin (check --bootstrap, mDNS, the cluster key)\n");
             }
+            for peer in &p.peers {
+                let t = &peer.traffic;
+                out.push_str(&format!(
+                    "  {} (region {}): {} in at {}/s, {} out, {} failures\n",
+                    peer.peer_id,
+                    peer.region.as_deref().unwrap_or("?"),
+                    bytes(t.bytes_in),
+                    bytes(t.rate as u64),
+                    bytes(t.bytes_out),
+                    t.failures
+                ));
+            }
+            for ban in &p.bans {
+                out.push_str(&format!("  banned {} for {} s more: {}\n", ban.peer_id, ban.seconds_left, ban.why));
+            }
+            let f = |k: &str| p.fallbacks.get(k).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "  origin pieces: {} this node's share, {} no peer had in time, {} to repair bad peer bytes\n",
+                f("owned"),
+                f("no_peer"),
+                f("repair")
+            ));
             out
         }
+    };
+    for t in &s.transfers {
+        let pct = if t.size == 0 { 100.0 } else { 100.0 * t.present_bytes as f64 / t.size as f64 };
+        out.push_str(&format!(
+            "fetching   {} {:.0}% of {} ({} from peers){}\n",
+            t.digest,
+            pct,
+            bytes(t.size),
+            bytes(t.from_peers_bytes),
+            if t.repairing { ", repairing from the origin" } else { "" }
+        ));
     }
+    out
 }
 
 fn render(s: &Status) -> String {
     let t = &s.traffic;
     let st = &s.store.usage;
-    let served = t.served_cache_bytes + t.served_origin_bytes;
+    let served = t.served_cache_bytes + t.served_peer_bytes + t.served_origin_bytes;
     let pct = |n: u64| if served == 0 { 0.0 } else { 100.0 * n as f64 / served as f64 };
     format!(
         "ferry {} — mirror on {} for {}\n\
@@ -52,6 +87,7 @@ fn render(s: &Status) -> String {
          \n\
          served     {}\n\
          \x20 cache     {} ({:.1}%)\n\
+         \x20 peers     {} ({:.1}%)\n\
          \x20 origin    {} ({:.1}%)\n\
          fetched    {} from upstreams\n\
          requests   blobs {} hits / {} misses, manifests {} hits / {} misses, {} stale tags served, {} failed fetches\n",
@@ -68,6 +104,8 @@ fn render(s: &Status) -> String {
         bytes(served),
         bytes(t.served_cache_bytes),
         pct(t.served_cache_bytes),
+        bytes(t.served_peer_bytes),
+        pct(t.served_peer_bytes),
         bytes(t.served_origin_bytes),
         pct(t.served_origin_bytes),
         bytes(t.origin_bytes),

@@ -15,6 +15,8 @@ pub enum Error {
     BadPiece { digest: Digest, index: u32, len: u64 },
     #[error("{digest} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { digest: Digest, size: u64, limit: u64 },
+    #[error("{digest} did not match its digest and is being completed from the origin ({pieces} pieces from peers dropped)")]
+    Repairing { digest: Digest, pieces: u32 },
     #[error("{digest} failed: {why}")]
     Failed { digest: Digest, why: String },
     #[error("{what}: {source}")]

@@ -27,13 +27,34 @@ pub struct Status {
     /// The node's place in its site's swarm (absent when P2P is off).
     #[serde(default)]
     pub p2p: Option<P2pStatus>,
+    /// Blobs being fetched now.
+    #[serde(default)]
+    pub transfers: Vec<Transfer>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct P2pStatus {
     pub peer_id: String,
+    pub region: String,
     pub peers: Vec<p2p_node::swarm::PeerInfo>,
     pub traffic: p2p_node::swarm::Traffic,
+    #[serde(default)]
+    pub bans: Vec<p2p_node::swarm::Ban>,
+    /// Pieces fetched from the origin while peers were there, by reason (see the metric
+    /// `ferry_peer_fallbacks_total`).
+    #[serde(default)]
+    pub fallbacks: std::collections::BTreeMap<String, u64>,
+}
+
+/// A blob being fetched: how much is here, and how much of that came from peers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Transfer {
+    pub digest: String,
+    pub size: u64,
+    pub present_bytes: u64,
+    pub from_peers_bytes: u64,
+    /// Peer bytes failed verification; the rest comes from the origin.
+    pub repairing: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -55,11 +76,29 @@ pub struct AdminState {
 impl AdminState {
     pub async fn status(&self) -> Status {
         let p2p = match &self.swarm {
-            Some(s) => {
-                Some(P2pStatus { peer_id: s.peer_id().to_string(), peers: s.peers().await.unwrap_or_default(), traffic: s.traffic() })
-            }
+            Some(s) => Some(P2pStatus {
+                peer_id: s.peer_id().to_string(),
+                region: s.region().to_string(),
+                peers: s.peers().await.unwrap_or_default(),
+                traffic: s.traffic(),
+                bans: s.bans().await.unwrap_or_default(),
+                fallbacks: self.metrics.fallbacks(),
+            }),
             None => None,
         };
+        let mut transfers: Vec<Transfer> = self
+            .store
+            .partials()
+            .iter()
+            .map(|p| Transfer {
+                digest: p.digest().to_string(),
+                size: p.size(),
+                present_bytes: p.present_bytes(),
+                from_peers_bytes: p.untrusted_bytes(),
+                repairing: p.origin_only(),
+            })
+            .collect();
+        transfers.sort_by(|a, b| a.digest.cmp(&b.digest));
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             registry_listen: self.registry_listen.clone(),
@@ -67,6 +106,7 @@ impl AdminState {
             store: StoreStatus { path: self.store.root().display().to_string(), usage: self.store.usage() },
             traffic: self.metrics.snapshot(),
             p2p,
+            transfers,
         }
     }
 

@@ -1,12 +1,21 @@
-//! The Fetcher: gets blob bytes from the local store, else the origin, and streams them in order.
+//! The Fetcher: gets blob bytes from the local store, else the site's peers, else the origin, and
+//! streams them in order.
 //!
 //! A cold blob becomes a [`Partial`] in the store. Readers walk their byte range piece by piece:
 //! a present piece is read from disk; a missing one that nobody fetches is claimed (together with
-//! the rest of the reader's range) and fetched by a detached task; a piece someone else fetches is
-//! waited for. So N readers of one cold blob cause one upstream GET, the first byte goes out long
-//! before the blob is complete, and memory holds at most a piece per fetch and a few chunks per
-//! reader. A whole-blob response holds back its last piece until the store has verified the
-//! digest: no client ever receives a complete body that does not match its digest.
+//! the rest of the reader's range) and fetched by a detached task — from peers and the origin
+//! ([`crate::site`]) when the node has peers, else from the origin ([`Fill`]); a piece someone else
+//! fetches is waited for. So N readers of one cold blob cause one fetch, the first byte goes out
+//! long before the blob is complete, and memory holds at most a piece per fetch and a few chunks
+//! per reader.
+//!
+//! What reaches a client: origin bytes as they arrive, but a whole-blob response holds back its
+//! last piece until the store has verified the digest, so no client receives a complete body that
+//! does not match it; bytes from peers only once the whole blob is verified (store and forward).
+//!
+//! With peers, a cold blob is not opened with a whole-blob GET but with a HEAD (the origin still
+//! decides whether this node may have the blob); when the origin cannot be reached at all, the
+//! size peers report is used and the blob comes from them alone.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -25,6 +34,7 @@ use crate::buffers::{Pool, CHUNK};
 use crate::fill::Fill;
 use crate::metrics::Metrics;
 use crate::names::Repo;
+use crate::site::{size_from_peers, Ledger, SiteFill};
 use crate::upstream::Upstream;
 use crate::Error;
 
@@ -96,8 +106,9 @@ pub struct Fetcher {
     tasks: TaskTracker,
     cancel: CancellationToken,
     buffers: Arc<Pool>,
-    /// Told about every blob this node starts to cache, so peers can find it.
+    /// Told about every blob this node starts to cache, so peers can find it; asked for pieces.
     swarm: Option<p2p_node::swarm::Client>,
+    ledger: Arc<Ledger>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -123,7 +134,13 @@ impl Fetcher {
             cancel,
             buffers: Arc::default(),
             swarm,
+            ledger: Arc::default(),
         }
+    }
+
+    /// Whether this node takes part in a swarm.
+    pub fn has_peers(&self) -> bool {
+        self.swarm.is_some()
     }
 
     /// The blob's size, and whether the store has it whole, without fetching its bytes.
@@ -133,9 +150,29 @@ impl Fetcher {
             p2p_node::store::BlobState::Partial { size, .. } => return Ok((size, false)),
             p2p_node::store::BlobState::Absent => {}
         }
-        let resp = up.request(Method::HEAD, name, &format!("blobs/{d}"), HeaderMap::new()).await?;
-        self.metrics.upstream("blob_head", resp.status().as_u16());
-        Ok((self.expect_blob(up, name, d, &resp)?, false))
+        Ok((self.size_of_cold(up, name, d).await?, false))
+    }
+
+    /// Asks the origin for the size of a blob (HEAD); when the origin cannot be reached, the
+    /// site's peers.
+    async fn size_of_cold(&self, up: &Upstream, name: &Repo, d: &Digest) -> Result<u64, Error> {
+        let head = match up.request(Method::HEAD, name, &format!("blobs/{d}"), HeaderMap::new()).await {
+            Ok(resp) => {
+                self.metrics.upstream("blob_head", resp.status().as_u16());
+                self.expect_blob(up, name, d, &resp)
+            }
+            Err(e) => Err(e),
+        };
+        match (head, &self.swarm) {
+            (Err(e), Some(swarm)) if e.is_upstream_failure() => match size_from_peers(swarm, *d).await {
+                Some(size) => {
+                    tracing::info!(digest = %d, error = %e, "the origin is unreachable; fetching the blob from peers");
+                    Ok(size)
+                }
+                None => Err(e),
+            },
+            (result, _) => result,
+        }
     }
 
     /// Opens a blob for reading. A cold blob wanted `whole` starts one upstream GET for all of it;
@@ -185,11 +222,19 @@ impl Fetcher {
         if let Some(p) = self.store.partial(d) {
             return Ok(Source::Partial(p));
         }
-        let method = if whole { Method::GET } else { Method::HEAD };
-        let started = Instant::now();
-        let resp = up.request(method, name, &format!("blobs/{d}"), HeaderMap::new()).await?;
-        self.metrics.upstream(if whole { "blob" } else { "blob_head" }, resp.status().as_u16());
-        let size = self.expect_blob(up, name, d, &resp)?;
+        // With peers, the pieces are spread over the site: learn the size, not the bytes.
+        let with_peers = match &self.swarm {
+            Some(s) => !s.site_peers().await.unwrap_or_default().is_empty(),
+            None => false,
+        };
+        let (size, mut resp) = if whole && !with_peers {
+            let started = Instant::now();
+            let resp = up.request(Method::GET, name, &format!("blobs/{d}"), HeaderMap::new()).await?;
+            self.metrics.upstream("blob", resp.status().as_u16());
+            (self.expect_blob(up, name, d, &resp)?, Some((resp, started)))
+        } else {
+            (self.size_of_cold(up, name, d).await?, None)
+        };
         let store = self.store.clone();
         let digest = *d;
         let partial = tokio::task::spawn_blocking(move || store.begin(&digest, size)).await.map_err(join_error)??;
@@ -207,14 +252,12 @@ impl Fetcher {
             }
         }
         if whole {
-            match partial.poll(0..size) {
-                RangeState::Claimed(runs) if runs.len() == 1 && runs[0] == (0..partial.piece_count()) => {
-                    self.spawn_fill(up.clone(), name.clone(), partial.clone(), runs[0].clone(), Some((resp, started)));
+            if let RangeState::Claimed(runs) = partial.poll(0..size) {
+                for run in runs {
+                    // The GET that opened the blob serves only a run of all of it.
+                    let resp = if run == (0..partial.piece_count()) { resp.take() } else { None };
+                    self.spawn_fill(up.clone(), name.clone(), partial.clone(), run, resp, true);
                 }
-                RangeState::Claimed(runs) => {
-                    runs.into_iter().for_each(|r| self.spawn_fill(up.clone(), name.clone(), partial.clone(), r, None))
-                }
-                _ => {}
             }
         }
         Ok(Source::Partial(partial))
@@ -232,6 +275,44 @@ impl Fetcher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: "no Content-Length".into() })
+    }
+
+    /// Fetches a blob of at most `limit` bytes whole and waits until it is verified (manifests
+    /// from peers while the origin is down).
+    pub async fn fetch_small(&self, up: &Arc<Upstream>, name: &Repo, d: &Digest, limit: u64) -> Result<(), Error> {
+        let blob = self.open(up, name, d, true).await?;
+        if blob.size > limit {
+            return Err(Error::UpstreamBad { upstream: up.host.clone(), what: format!("blob {d}"), reason: format!("over {limit} bytes") });
+        }
+        match &blob.source {
+            Source::Complete(_) => Ok(()),
+            Source::Partial(p) => self.wait_verified(&blob, &p.clone()).await,
+        }
+    }
+
+    /// Fetches the segment holding piece `index` from the origin for a peer that asked this node,
+    /// the segment's owner. The origin is asked for the blob's size first (HEAD): it decides
+    /// whether this node may have the blob; the size the peer sent must agree.
+    pub async fn fetch_for_peer(&self, up: &Arc<Upstream>, name: &Repo, d: &Digest, index: u32, size: u64) -> Result<(), Error> {
+        let blob = self.open(up, name, d, false).await?;
+        let Source::Partial(p) = &blob.source else { return Ok(()) };
+        if blob.size != size || index >= p.piece_count() {
+            return Err(Error::UpstreamBad {
+                upstream: up.host.clone(),
+                what: format!("blob {d}"),
+                reason: format!("a peer asked for piece {index} of a {size}-byte blob; it is {} bytes", blob.size),
+            });
+        }
+        let segment = p2p_node::swarm::site::segment_of(index) * p2p_node::swarm::site::SEGMENT_PIECES;
+        let pieces = segment..(segment + p2p_node::swarm::site::SEGMENT_PIECES).min(p.piece_count());
+        let bytes = p.piece_range(pieces.start).start..p.piece_range(pieces.end - 1).end;
+        if let RangeState::Claimed(runs) = p.poll(bytes) {
+            self.metrics.fallback("owned", runs.iter().map(|r| u64::from(r.end - r.start)).sum());
+            for run in runs {
+                self.spawn_fill(up.clone(), name.clone(), p.clone(), run, None, false);
+            }
+        }
+        Ok(())
     }
 
     /// Streams `range` of the blob in order. The first item tells whether anything can be sent;
@@ -281,18 +362,26 @@ impl Fetcher {
             let piece_end = p.piece_range(p.pieces_of(offset..offset + 1).start).end;
             let end = piece_end.min(range.end).min(offset + CHUNK as u64);
             self.wait_ready(blob, &p, offset..end, range.end).await?;
-            if whole && end == p.size() {
-                self.wait_verified(&p).await?;
-            }
             let piece = p.pieces_of(offset..end).start;
-            let cached = blob.present_at_open.as_ref().is_some_and(|m| m.get(piece));
+            // Peer bytes wait for the whole blob's verification; so does the last piece of a
+            // whole-blob response.
+            if (whole && end == p.size()) || !p.trusted(piece..piece + 1) {
+                self.wait_verified(blob, &p).await?;
+            }
+            let source = if blob.present_at_open.as_ref().is_some_and(|m| m.get(piece)) {
+                "cache"
+            } else if p.from_untrusted(piece) {
+                "peer"
+            } else {
+                "origin"
+            };
             let len = (end - offset) as usize;
             let p2 = p.clone();
             let start = offset;
             let mut buf = self.buffers.take();
             let buf = tokio::task::spawn_blocking(move || p2.read_at(&mut buf[..len], start).map(|()| buf)).await.map_err(join_error)??;
             offset = end;
-            self.metrics.served(if cached { "cache" } else { "origin" }, len as u64);
+            self.metrics.served(source, len as u64);
             if tx.send(Ok(self.buffers.freeze(buf, len))).await.is_err() {
                 return Ok(());
             }
@@ -323,7 +412,7 @@ impl Fetcher {
                         runs.extend(more);
                     }
                     for run in runs {
-                        self.spawn_fill(blob.upstream.clone(), blob.name.clone(), p.clone(), run, None);
+                        self.spawn_fill(blob.upstream.clone(), blob.name.clone(), p.clone(), run, None, true);
                     }
                 }
                 RangeState::Pending => {
@@ -333,18 +422,23 @@ impl Fetcher {
         }
     }
 
-    /// Waits until the blob is verified and complete (or failed).
-    async fn wait_verified(&self, p: &Arc<Partial>) -> Result<(), Error> {
+    /// Waits until the blob is verified and complete (or failed), fetching whatever nobody fetches.
+    async fn wait_verified(&self, blob: &OpenBlob, p: &Arc<Partial>) -> Result<(), Error> {
         let mut rx = p.subscribe();
         loop {
             rx.borrow_and_update();
             if p.is_complete() {
                 return Ok(());
             }
-            if let RangeState::Failed(why) = p.poll(0..0) {
-                return Err(Error::Store(p2p_node::Error::Failed { digest: p.digest(), why }));
+            match p.poll(0..p.size()) {
+                RangeState::Failed(why) => return Err(Error::Store(p2p_node::Error::Failed { digest: p.digest(), why })),
+                RangeState::Claimed(runs) => {
+                    for run in runs {
+                        self.spawn_fill(blob.upstream.clone(), blob.name.clone(), p.clone(), run, None, true);
+                    }
+                }
+                RangeState::Ready | RangeState::Pending => self.wait_change(&mut rx, &p.digest()).await?,
             }
-            self.wait_change(&mut rx, &p.digest()).await?;
         }
     }
 
@@ -359,22 +453,54 @@ impl Fetcher {
         self.failures.since(d, since)
     }
 
-    fn spawn_fill(&self, up: Arc<Upstream>, name: Repo, p: Arc<Partial>, run: Range<u32>, resp: Option<(reqwest::Response, Instant)>) {
-        let fill = Fill { up, name, p, metrics: self.metrics.clone(), cancel: self.cancel.clone() };
+    /// Fetches `run` (claimed by the caller): from the site when `from_site` and the node has a
+    /// swarm, else from the origin (through `resp` when the opening GET is given).
+    fn spawn_fill(
+        &self,
+        up: Arc<Upstream>,
+        name: Repo,
+        p: Arc<Partial>,
+        run: Range<u32>,
+        resp: Option<(reqwest::Response, Instant)>,
+        from_site: bool,
+    ) {
+        let fill = Fill {
+            up,
+            name,
+            p,
+            metrics: self.metrics.clone(),
+            cancel: self.cancel.clone(),
+            ledger: self.ledger.clone(),
+            swarm: self.swarm.clone(),
+        };
+        let site = match (&self.swarm, &resp) {
+            (Some(swarm), None) if from_site && !fill.p.origin_only() => Some(swarm.clone()),
+            _ => None,
+        };
         let failures = self.failures.clone();
+        let ledger = self.ledger.clone();
+        let piece_timeout = self.piece_timeout;
         self.tasks.spawn(async move {
-            if let Err((e, rest)) = fill.run(run, resp).await {
-                fill.metrics.fetch_failures.inc();
-                tracing::warn!(digest = %fill.p.digest(), error = %e, "fetch failed");
-                failures.record(fill.p.digest(), &e);
+            let p = fill.p.clone();
+            let metrics = fill.metrics.clone();
+            let result = match site {
+                Some(swarm) => SiteFill { swarm, origin: fill, ledger: ledger.clone(), piece_timeout: piece_timeout / 2 }.run(run).await,
+                None => fill.run(run, resp).await.map_err(|(e, rest)| (e, rest.collect())),
+            };
+            if let Err((e, rest)) = result {
+                metrics.fetch_failures.inc();
+                tracing::warn!(digest = %p.digest(), error = %e, "fetch failed");
+                failures.record(p.digest(), &e);
                 if matches!(e, Error::Store(p2p_node::Error::Io { .. })) {
                     // The store cannot take it (disk full, I/O error): free what it holds.
-                    fill.p.fail(e.to_string());
+                    p.fail(e.to_string());
                 } else {
-                    fill.p.unclaim(rest);
+                    rest.into_iter().for_each(|i| p.unclaim(i..i + 1));
                 }
             }
-            let p = fill.p.clone();
+            if p.is_complete() {
+                ledger.forget(&p.digest());
+            }
             let _ = tokio::task::spawn_blocking(move || p.persist()).await;
         });
     }

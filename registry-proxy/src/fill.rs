@@ -1,6 +1,8 @@
 //! One upstream fetch of a run of pieces into a partial blob: a Range GET (or the whole-blob GET
 //! that opened it), cut into pieces as the bytes arrive, each written before the next is read.
 //! Retried from the first missing piece a few times; on giving up, the caller unclaims the rest.
+//! Origin pieces are trusted; one that a peer had sent before (a repair) is compared with the
+//! peer's copy, and a peer whose copy differed is banned.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fetcher::join_error;
 use crate::metrics::{KindLabel, Metrics};
 use crate::names::Repo;
+use crate::site::{Ledger, BAN};
 use crate::upstream::Upstream;
 use crate::Error;
 
@@ -24,6 +27,8 @@ pub(crate) struct Fill {
     pub p: Arc<Partial>,
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
+    pub ledger: Arc<Ledger>,
+    pub swarm: Option<p2p_node::swarm::Client>,
 }
 
 impl Fill {
@@ -120,13 +125,28 @@ impl Fill {
 
     async fn write(&self, index: u32, buf: Vec<u8>) -> Result<Vec<u8>, Error> {
         let p = self.p.clone();
-        let (buf, r) = tokio::task::spawn_blocking(move || {
-            let r = p.write_piece(index, &buf);
-            (buf, r)
+        let d = p.digest();
+        let compare = self.ledger.has(&d, index);
+        let (buf, r, hash) = tokio::task::spawn_blocking(move || {
+            let hash = compare.then(|| p2p_node::Digest::of(&buf));
+            let r = p.write_piece(index, &buf, true);
+            (buf, r, hash)
         })
         .await
         .map_err(join_error)?;
-        r.map(|()| buf).map_err(Error::from)
+        if let Some(liar) = hash.and_then(|h| self.ledger.liar(&d, index, &h)) {
+            self.metrics.peer_bans.inc();
+            if let Some(s) = &self.swarm {
+                let why = format!("piece {index} of {d} differed from the origin's");
+                let _ = s.ban(liar, BAN, why).await;
+            }
+        }
+        match r {
+            // The piece is written; the blob failed its digest because of peer pieces and goes on
+            // from the origin alone.
+            Ok(()) | Err(p2p_node::Error::Repairing { .. }) => Ok(buf),
+            Err(e) => Err(Error::from(e)),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! - the OCI Distribution pull API as a containerd mirror ([`mirror`]), requests parsed once into
 //!   a [`route::Route`] and validated before anything goes upstream;
 //! - the allow-listed [`upstream`] registries and their authentication;
-//! - the [`fetcher::Fetcher`]: local store first, then the origin, one fetch per piece, streamed;
+//! - the [`fetcher::Fetcher`]: local store first, then the site's peers ([`site`]), then the
+//!   origin, one fetch per piece per site, streamed;
 //! - [`manifests`]: verified manifest cache with tag revalidation and stale-if-error;
 //! - the admin API (`ferry status`) and Prometheus metrics ([`admin`], [`metrics`]).
 //!
@@ -26,6 +27,7 @@ pub mod names;
 pub mod route;
 pub mod serve;
 pub mod settings;
+pub mod site;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -45,14 +47,20 @@ pub struct Listeners {
 
 /// Runs the mirror, metrics and admin endpoints until `cancel`; then waits for in-flight fetches
 /// to stop and persists partial blobs' progress.
-/// `swarm`, when P2P is on, is told about the blobs this node caches and shown in status.
+/// `swarm`, when P2P is on, is where blob pieces come from first, told about the blobs this node
+/// caches, and shown in status; its fetch orders (pieces this node owns for the site) are carried
+/// out here.
 pub async fn run(
     settings: MirrorSettings,
     store: Store,
     listeners: Listeners,
-    swarm: Option<p2p_node::swarm::Client>,
+    swarm: Option<p2p_node::swarm::Swarm>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
+    let (swarm, orders) = match swarm {
+        Some(s) => (Some(s.client), Some(s.orders)),
+        None => (None, None),
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let upstreams = upstream::Upstreams::new(&settings)?;
     let tasks = TaskTracker::new();
@@ -77,6 +85,9 @@ pub async fn run(
         swarm,
     });
     let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics });
+    if let Some(orders) = orders {
+        tasks.spawn(mirror.clone().carry_out(orders, cancel.clone()));
+    }
 
     let servers = TaskTracker::new();
     servers.spawn(serve::serve(listeners.registry, move |req| mirror.clone().handle(req), cancel.clone()));

@@ -24,7 +24,7 @@ pub struct Manifest {
     pub bytes: Bytes,
     pub media_type: String,
     pub digest: Digest,
-    /// Served from the store (`cache`), or just fetched (`origin`).
+    /// Served from the store (`cache`), or just fetched (`origin`, `peer`).
     pub source: &'static str,
 }
 
@@ -119,6 +119,26 @@ impl Manifests {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes a manifest that reached the store as a verified blob (from peers, while the origin
+    /// was down): its media type is the one the manifest names.
+    pub fn adopt(&self, d: &Digest) -> Result<Manifest, Error> {
+        let bytes = self
+            .store
+            .read_small(d, MAX_MANIFEST)?
+            .ok_or_else(|| Error::Io { what: format!("manifest {d}"), source: std::io::Error::other("fetched but not in the store") })?;
+        #[derive(serde::Deserialize)]
+        struct Typed {
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+        }
+        let typed: Typed = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Io { what: format!("manifest {d}"), source: std::io::Error::other(format!("not JSON: {e}")) })?;
+        let media_type = typed.media_type.unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let m = Manifest { bytes: bytes.into(), media_type, digest: *d, source: "peer" };
+        self.save(&m)?;
+        Ok(m)
     }
 
     fn cached(&self, d: &Digest) -> Result<Option<Manifest>, Error> {

@@ -9,7 +9,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
-    /// `cache` (the local store) or `origin` (fetched upstream for this request).
+    /// `cache` (in the local store before the request), `peer` (fetched from a peer of the site)
+    /// or `origin` (fetched upstream).
     pub source: &'static str,
 }
 
@@ -31,6 +32,17 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, `not_yet` (the peer is fetching it), `not_here` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 type HistogramFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -49,6 +61,11 @@ pub struct Metrics {
     pub store_used: Gauge,
     pub store_capacity: Gauge,
     pub peer_bytes: Family<DirectionLabel, Counter>,
+    pub peer_pieces: Family<ResultLabel, Counter>,
+    pub peer_hedges: Counter,
+    pub peer_bans: Counter,
+    /// Pieces fetched from the origin although peers were there, by reason.
+    pub peer_fallbacks: Family<ReasonLabel, Counter>,
     /// The swarm's totals at the last scrape, to add only what is new.
     peer_seen: std::sync::Mutex<p2p_node::swarm::Traffic>,
 }
@@ -74,6 +91,10 @@ impl Default for Metrics {
             store_used: Gauge::default(),
             store_capacity: Gauge::default(),
             peer_bytes: Family::default(),
+            peer_pieces: Family::default(),
+            peer_hedges: Counter::default(),
+            peer_bans: Counter::default(),
+            peer_fallbacks: Family::default(),
             peer_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -98,8 +119,20 @@ impl Default for Metrics {
         registry.register("ferry_store_used_bytes", "Bytes the content store holds or has reserved", m.store_used.clone());
         registry.register("ferry_store_capacity_bytes", "The content store's capacity", m.store_capacity.clone());
         registry.register("ferry_peer_bytes", "Bytes received from (in) and served to (out) peers", m.peer_bytes.clone());
+        registry.register("ferry_peer_pieces", "Piece requests to peers, by answer", m.peer_pieces.clone());
+        registry.register(
+            "ferry_peer_hedges",
+            "Piece requests repeated to a second peer because the first was slow",
+            m.peer_hedges.clone(),
+        );
+        registry.register("ferry_peer_bans", "Peers banned for serving bytes that failed verification", m.peer_bans.clone());
+        registry.register(
+            "ferry_peer_fallbacks",
+            "Pieces fetched from the origin while peers were connected: `owned` (this node's share), `no_peer` (no peer gave it in time), `repair` (peer bytes failed verification)",
+            m.peer_fallbacks.clone(),
+        );
         // Known label sets exist from the start, at zero, so scrapers see them on a fresh node.
-        for source in ["cache", "origin"] {
+        for source in ["cache", "peer", "origin"] {
             let _ = m.bytes_served.get_or_create(&SourceLabel { source });
         }
         for direction in ["in", "out"] {
@@ -116,6 +149,22 @@ impl Default for Metrics {
 impl Metrics {
     pub fn served(&self, source: &'static str, n: u64) {
         self.bytes_served.get_or_create(&SourceLabel { source }).inc_by(n);
+    }
+
+    pub fn peer_piece(&self, result: &'static str) {
+        self.peer_pieces.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn fallback(&self, reason: &'static str, pieces: u64) {
+        self.peer_fallbacks.get_or_create(&ReasonLabel { reason }).inc_by(pieces);
+    }
+
+    /// The fallback counters by reason.
+    pub fn fallbacks(&self) -> std::collections::BTreeMap<String, u64> {
+        ["owned", "no_peer", "repair"]
+            .into_iter()
+            .map(|reason| (reason.to_string(), self.peer_fallbacks.get_or_create(&ReasonLabel { reason }).get()))
+            .collect()
     }
 
     pub fn hit(&self, kind: &'static str, hit: bool) {
@@ -148,6 +197,7 @@ impl Metrics {
         let count = |f: &Family<KindLabel, Counter>, kind| f.get_or_create(&KindLabel { kind }).get();
         Traffic {
             served_cache_bytes: served("cache"),
+            served_peer_bytes: served("peer"),
             served_origin_bytes: served("origin"),
             origin_bytes: self.origin_bytes.get(),
             blob_hits: count(&self.cache_hits, "blob"),
@@ -164,6 +214,8 @@ impl Metrics {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     pub served_cache_bytes: u64,
+    #[serde(default)]
+    pub served_peer_bytes: u64,
     pub served_origin_bytes: u64,
     pub origin_bytes: u64,
     pub blob_hits: u64,
@@ -183,6 +235,7 @@ mod tests {
         let text = Metrics::default().encode();
         for line in [
             "ferry_bytes_served_total{source=\"cache\"} 0",
+            "ferry_bytes_served_total{source=\"peer\"} 0",
             "ferry_bytes_served_total{source=\"origin\"} 0",
             "ferry_cache_hits_total{kind=\"blob\"} 0",
             "ferry_cache_misses_total{kind=\"manifest\"} 0",

@@ -76,7 +76,15 @@ impl Mirror {
 
     async fn manifest(&self, ns: Option<&str>, name: &Repo, reference: &Reference, head: bool) -> Result<Response<Body>, Error> {
         let up = self.upstreams.select(ns)?;
-        let m = self.manifests.get(&up, name, reference).await?;
+        let m = match (self.manifests.get(&up, name, reference).await, reference) {
+            // The origin is down: a manifest named by digest can come from peers, verified by it.
+            (Err(e), Reference::Digest(d)) if e.is_upstream_failure() && self.fetcher.has_peers() => {
+                tracing::info!(%name, digest = %d, error = %e, "the origin failed; asking peers for the manifest");
+                self.fetcher.fetch_small(&up, name, d, crate::upstream::MAX_MANIFEST).await.map_err(|_| e)?;
+                self.manifests.adopt(d)?
+            }
+            (result, _) => result?,
+        };
         let b = base_response(StatusCode::OK)
             .header(header::CONTENT_TYPE, header_value(&m.media_type))
             .header(header::CONTENT_LENGTH, m.bytes.len())
@@ -126,6 +134,35 @@ impl Mirror {
         let stream = futures_util::stream::once(async move { Ok(Frame::data(first)) });
         let body = StreamBody::new(futures_util::StreamExt::chain(stream, rest));
         b.body(BodyExt::boxed(body)).map_err(internal)
+    }
+}
+
+impl Mirror {
+    /// Carries out the fetch orders of peers: each names a piece of a segment this node owns.
+    /// Only allow-listed registries are fetched from, with this node's own access.
+    pub async fn carry_out(
+        self: Arc<Self>,
+        mut orders: tokio::sync::mpsc::Receiver<p2p_node::swarm::FetchOrder>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let order = tokio::select! {
+                o = orders.recv() => match o { Some(o) => o, None => return },
+                () = cancel.cancelled() => return,
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let up = me.upstreams.select(Some(&order.origin.registry));
+                let name = Repo::parse(&order.origin.repo);
+                let result = match (up, name) {
+                    (Ok(up), Ok(name)) => me.fetcher.fetch_for_peer(&up, &name, &order.digest, order.index, order.origin.size).await,
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::info!(peer = %order.from, digest = %order.digest, error = %e, "cannot fetch a piece for a peer");
+                }
+            });
+        }
     }
 }
 

@@ -29,4 +29,5 @@ mod malformed;
 mod mirror;
 mod offline;
 mod p2p;
+mod p2p_site;
 mod ranges;

@@ -423,6 +423,11 @@ impl Store {
         self.inner.lock().partial.get(d).cloned()
     }
 
+    /// The blobs being filled now.
+    pub fn partials(&self) -> Vec<Arc<Partial>> {
+        self.inner.lock().partial.values().cloned().collect()
+    }
+
     /// Stores a small blob held in memory (manifests, configs) after checking its digest.
     pub fn put(&self, d: &Digest, data: &[u8]) -> Result<(), Error> {
         let got = Digest::of(data);
@@ -461,7 +466,7 @@ impl Store {
                 (0..map.len()).for_each(|i| map.set(i, true));
                 Some((size, map))
             }
-            BlobState::Partial { size, .. } => self.partial(d).map(|p| (size, p.present())),
+            BlobState::Partial { size, .. } => self.partial(d).map(|p| (size, p.trusted_present())),
             BlobState::Absent => None,
         }
     }
@@ -478,7 +483,7 @@ impl Store {
             return Ok(Some(buf));
         }
         let Some(p) = self.partial(d) else { return Ok(None) };
-        if index >= p.piece_count() || !p.present().get(index) {
+        if index >= p.piece_count() || !p.trusted(index..index + 1) {
             return Ok(None);
         }
         let range = p.piece_range(index);

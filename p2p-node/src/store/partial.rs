@@ -6,7 +6,13 @@
 //! - a piece is marked present only after its bytes were written; the persisted bitmap only
 //!   names pieces whose bytes were fsynced before it was written, so a kill -9 never leaves a torn
 //!   piece marked present;
-//! - the blob becomes complete (renamed into `blobs/`) only after its whole-blob sha256 matched.
+//! - the blob becomes complete (renamed into `blobs/`) only after its whole-blob sha256 matched;
+//! - a piece written from an untrusted source (a peer) stays *untrusted* until the whole blob is
+//!   verified: [`Partial::trusted`] is false for it, so it is neither served to a client nor
+//!   offered to other peers before then. Pieces recovered after a restart count as untrusted too.
+//!   When the whole-blob digest does not match and untrusted pieces were part of it, those pieces
+//!   are dropped and the blob is *repaired* from the origin alone ([`Partial::origin_only`])
+//!   instead of failing: the trusted pieces are kept.
 
 use std::fs::File;
 use std::ops::Range;
@@ -50,6 +56,10 @@ enum Status {
 struct Pieces {
     present: Bitmap,
     claimed: Bitmap,
+    /// Present pieces that came from an untrusted source; kept after completion (for accounting).
+    untrusted: Bitmap,
+    /// After a repair, every missing piece must come from the origin.
+    origin_only: bool,
     unpersisted: u32,
     last_persist: std::time::Instant,
     status: Status,
@@ -97,6 +107,8 @@ impl Partial {
             file,
             store,
             pieces: Mutex::new(Pieces {
+                untrusted: present.clone(),
+                origin_only: false,
                 present,
                 claimed: Bitmap::new(n),
                 unpersisted: 0,
@@ -144,6 +156,48 @@ impl Partial {
     /// A copy of which pieces are present now.
     pub fn present(&self) -> Bitmap {
         lock(&self.pieces).present.clone()
+    }
+
+    /// The present pieces that may be handed on: all of them once complete, else the trusted ones.
+    pub fn trusted_present(&self) -> Bitmap {
+        let p = lock(&self.pieces);
+        let mut map = p.present.clone();
+        if p.status != Status::Complete {
+            (0..map.len()).filter(|&i| p.untrusted.get(i)).for_each(|i| map.set(i, false));
+        }
+        map
+    }
+
+    /// Whether every piece of `pieces` is present and may be handed on.
+    pub fn trusted(&self, pieces: Range<u32>) -> bool {
+        let p = lock(&self.pieces);
+        match p.status {
+            Status::Complete => true,
+            Status::Failed(_) => false,
+            Status::Filling => pieces.into_iter().all(|i| p.present.get(i) && !p.untrusted.get(i)),
+        }
+    }
+
+    /// Whether piece `index` came from an untrusted source (a peer).
+    pub fn from_untrusted(&self, index: u32) -> bool {
+        lock(&self.pieces).untrusted.get(index)
+    }
+
+    /// Whether piece `index` is being fetched now (claimed and not yet present).
+    pub fn is_claimed(&self, index: u32) -> bool {
+        let p = lock(&self.pieces);
+        index < p.claimed.len() && p.claimed.get(index) && !p.present.get(index)
+    }
+
+    /// True after a repair: missing pieces must come from the origin, not from peers.
+    pub fn origin_only(&self) -> bool {
+        lock(&self.pieces).origin_only
+    }
+
+    /// Bytes present that came from untrusted sources (counted in whole pieces).
+    pub fn untrusted_bytes(&self) -> u64 {
+        let p = lock(&self.pieces);
+        (0..p.untrusted.len()).filter(|&i| p.untrusted.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -199,20 +253,28 @@ impl Partial {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Writes piece `index` (exactly its length) and marks it present. When the last piece
-    /// arrives, verifies the whole blob and commits it. Blocking.
-    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), Error> {
+    /// Writes piece `index` (exactly its length) and marks it present; `trusted` is false for
+    /// bytes from a peer. When the last piece arrives, verifies the whole blob and commits it (or
+    /// repairs it, see the module header). Blocking.
+    pub fn write_piece(&self, index: u32, data: &[u8], trusted: bool) -> Result<(), Error> {
         let range = self.piece_range(index);
         if index >= self.piece_count() || data.len() as u64 != range.end - range.start {
             return Err(Error::BadPiece { digest: self.digest, index, len: data.len() as u64 });
         }
-        if let Status::Failed(why) = &lock(&self.pieces).status {
-            return Err(Error::Failed { digest: self.digest, why: why.clone() });
+        {
+            let p = lock(&self.pieces);
+            if let Status::Failed(why) = &p.status {
+                return Err(Error::Failed { digest: self.digest, why: why.clone() });
+            }
+            if !trusted && p.origin_only {
+                return Err(Error::Repairing { digest: self.digest, pieces: 0 });
+            }
         }
         self.file.write_all_at(data, range.start).map_err(|e| Error::io(format!("writing piece {index} of {}", self.digest), e))?;
         {
             let mut p = lock(&self.pieces);
             p.present.set(index, true);
+            p.untrusted.set(index, !trusted);
             p.claimed.set(index, false);
             p.unpersisted += 1;
         }
@@ -284,6 +346,8 @@ impl Partial {
         let _no_persist = lock(&self.persist);
         let result = if got == self.digest {
             store.commit_partial(self, &self.file)
+        } else if let Some(dropped) = self.drop_untrusted() {
+            return Err(Error::Repairing { digest: self.digest, pieces: dropped });
         } else {
             Err(Error::DigestMismatch { expected: self.digest, got })
         };
@@ -297,6 +361,26 @@ impl Partial {
         lock(&self.pieces).status = status;
         self.changed.send_modify(|v| *v += 1);
         result
+    }
+
+    /// After a mismatch: forgets the untrusted pieces and restarts the hash walk, so the blob
+    /// is completed from the origin. `None` when there was nothing untrusted to blame.
+    fn drop_untrusted(&self) -> Option<u32> {
+        let mut p = lock(&self.pieces);
+        let suspects: Vec<u32> = (0..p.untrusted.len()).filter(|&i| p.untrusted.get(i)).collect();
+        if suspects.is_empty() {
+            return None;
+        }
+        for &i in &suspects {
+            p.present.set(i, false);
+            p.untrusted.set(i, false);
+        }
+        p.origin_only = true;
+        p.unpersisted += 1;
+        drop(p);
+        *lock(&self.hash) = HashProgress { next: 0, hasher: Hasher::new() };
+        self.changed.send_modify(|v| *v += 1);
+        Some(suspects.len() as u32)
     }
 
     /// Fails the blob now (e.g. the origin sent the wrong size); waiters see the reason.
@@ -313,8 +397,13 @@ impl Partial {
     }
 
     /// Hashes what is present and, if that is everything, commits or fails the blob. Blocking.
+    /// A mismatch discards the blob: recovered bytes are all untrusted, so nothing is kept.
     pub(super) fn verify_present(&self) -> Result<(), Error> {
-        self.advance_hash(u32::MAX, &[])
+        let result = self.advance_hash(u32::MAX, &[]);
+        if let Err(e @ Error::Repairing { .. }) = &result {
+            self.fail(e.to_string());
+        }
+        result
     }
 
     pub(super) fn is_idle(&self) -> bool {

@@ -22,11 +22,11 @@ fn out_of_order_pieces_complete_only_when_verified() {
     claim_all(&p);
     let ps = pieces(&data);
     for i in [3, 1, 0] {
-        p.write_piece(i, ps[i as usize]).expect("write");
+        p.write_piece(i, ps[i as usize], true).expect("write");
         assert!(!p.is_complete());
         assert!(matches!(store.state(&d), BlobState::Partial { .. }));
     }
-    p.write_piece(2, ps[2]).expect("last piece");
+    p.write_piece(2, ps[2], true).expect("last piece");
     assert!(p.is_complete());
     assert_eq!(store.state(&d), BlobState::Complete { size: data.len() as u64 });
     let r = store.open_blob(&d).expect("open").expect("complete");
@@ -35,6 +35,34 @@ fn out_of_order_pieces_complete_only_when_verified() {
     assert_eq!(back, data);
     assert!(!dir.path().join("partial").join(format!("{}.data", d.hex())).exists());
     assert!(!dir.path().join("partial").join(format!("{}.map", d.hex())).exists());
+}
+
+#[test]
+fn bad_peer_pieces_are_dropped_and_the_blob_repaired_from_trusted_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
+    let data = blob(3 * PIECE_SIZE as usize, 9);
+    let d = Digest::of(&data);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    claim_all(&p);
+    let ps = pieces(&data);
+    let mut lie = ps[1].to_vec();
+    lie[3] ^= 1;
+    p.write_piece(0, ps[0], true).expect("origin piece");
+    p.write_piece(2, ps[2], false).expect("honest peer piece");
+    // Untrusted pieces are neither offered to peers nor served before the blob is verified.
+    assert!(p.trusted(0..1) && !p.trusted(2..3));
+    assert_eq!(store.read_piece(&d, 2).expect("read"), None);
+    assert!(store.have_map(&d).expect("map").1.get(0) && !store.have_map(&d).expect("map").1.get(2));
+    let err = p.write_piece(1, &lie, false).expect_err("the lie is caught");
+    assert!(matches!(err, Error::Repairing { pieces: 2, .. }), "{err}");
+    assert!(p.origin_only() && !p.is_complete());
+    assert_eq!(p.present().count(), 1, "only the trusted piece is kept");
+    assert_eq!(p.poll(0..data.len() as u64), RangeState::Claimed(vec![1..3]));
+    p.write_piece(2, ps[2], true).expect("origin piece");
+    p.write_piece(1, ps[1], true).expect("origin piece");
+    assert!(p.is_complete());
+    assert_eq!(store.state(&d), BlobState::Complete { size: data.len() as u64 });
 }
 
 #[test]
@@ -47,8 +75,8 @@ fn wrong_bytes_are_never_marked_complete() {
     claim_all(&p);
     let mut bad = data.clone();
     bad[PIECE_SIZE as usize + 5] ^= 0xff;
-    p.write_piece(0, &bad[..PIECE_SIZE as usize]).expect("first");
-    let err = p.write_piece(1, &bad[PIECE_SIZE as usize..]).expect_err("mismatch");
+    p.write_piece(0, &bad[..PIECE_SIZE as usize], true).expect("first");
+    let err = p.write_piece(1, &bad[PIECE_SIZE as usize..], true).expect_err("mismatch");
     assert!(err.to_string().contains("digest mismatch"), "{err}");
     assert!(matches!(p.poll(0..1), RangeState::Failed(_)));
     assert_eq!(store.state(&d), BlobState::Absent);
@@ -63,9 +91,9 @@ fn wrong_piece_length_is_refused() {
     let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
     let d = Digest::of(b"x");
     let p = store.begin(&d, PIECE_SIZE + 1).expect("begin").expect("new");
-    assert!(p.write_piece(1, &[0, 0]).is_err());
-    assert!(p.write_piece(2, &[0]).is_err());
-    assert!(p.write_piece(0, &[0; 10]).is_err());
+    assert!(p.write_piece(1, &[0, 0], true).is_err());
+    assert!(p.write_piece(2, &[0], true).is_err());
+    assert!(p.write_piece(0, &[0; 10], true).is_err());
 }
 
 #[test]
@@ -80,7 +108,7 @@ fn claims_make_one_fetcher_per_piece() {
     assert_eq!(p.poll(0..10), RangeState::Pending);
     p.unclaim(0..1);
     assert_eq!(p.poll(0..10), RangeState::Claimed(vec![0..1]));
-    p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+    p.write_piece(0, &data[..PIECE_SIZE as usize], true).expect("write");
     assert_eq!(p.poll(0..10), RangeState::Ready);
     assert_eq!(p.poll(0..0), RangeState::Ready);
 }
@@ -94,10 +122,10 @@ fn reopen_keeps_only_persisted_pieces() {
         let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
         let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
         claim_all(&p);
-        p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+        p.write_piece(0, &data[..PIECE_SIZE as usize], true).expect("write");
         p.persist().expect("persist");
         // Written but not persisted: as after a kill -9 before the next bitmap write.
-        p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+        p.write_piece(2, &data[2 * PIECE_SIZE as usize..], true).expect("write");
         std::fs::write(dir.path().join("tmp/leftover"), b"junk").expect("junk");
     }
     let store = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
@@ -105,8 +133,8 @@ fn reopen_keeps_only_persisted_pieces() {
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
     let p = store.begin(&d, data.len() as u64).expect("begin").expect("resumed");
     assert_eq!(p.poll(0..data.len() as u64), RangeState::Claimed(vec![1..3]));
-    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]).expect("write");
-    p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize], true).expect("write");
+    p.write_piece(2, &data[2 * PIECE_SIZE as usize..], true).expect("write");
     assert!(p.is_complete(), "resumed blob verifies over old and new pieces");
 }
 
@@ -119,7 +147,7 @@ fn damaged_piece_map_discards_the_partial() {
         let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
         let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
         claim_all(&p);
-        p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
+        p.write_piece(0, &data[..PIECE_SIZE as usize], true).expect("write");
         p.persist().expect("persist");
     }
     let map = dir.path().join("partial").join(format!("{}.map", d.hex()));
@@ -217,13 +245,13 @@ fn have_maps_and_piece_reads_for_peers() {
     assert!(store.have_map(&d).is_none());
     let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
     claim_all(&p);
-    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]).expect("write");
+    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize], true).expect("write");
     let (size, map) = store.have_map(&d).expect("partial");
     assert_eq!((size, map.get(0), map.get(1), map.get(2)), (data.len() as u64, false, true, false));
     assert_eq!(store.read_piece(&d, 0).expect("read"), None, "a missing piece is not served");
     assert_eq!(store.read_piece(&d, 1).expect("read").as_deref(), Some(&data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize]));
-    p.write_piece(0, &data[..PIECE_SIZE as usize]).expect("write");
-    p.write_piece(2, &data[2 * PIECE_SIZE as usize..]).expect("write");
+    p.write_piece(0, &data[..PIECE_SIZE as usize], true).expect("write");
+    p.write_piece(2, &data[2 * PIECE_SIZE as usize..], true).expect("write");
     let (_, map) = store.have_map(&d).expect("complete");
     assert_eq!(map.count(), 3);
     assert_eq!(store.read_piece(&d, 2).expect("read").as_deref(), Some(&data[2 * PIECE_SIZE as usize..]));

@@ -1,7 +1,8 @@
 //! The task that owns the `Swarm`: runs commands from [`super::Client`]s and swarm events.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use either::Either;
 use futures::StreamExt;
@@ -14,20 +15,26 @@ use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{allow_block_list, identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use super::limits::Limits;
 use super::protocol::{Codec, Request, Response, PROTOCOL};
-use super::{Command, PeerInfo, SwarmConfig};
+use super::{Ban, Command, FetchOrder, SitePeer, SwarmConfig};
 use crate::store::Store;
 use crate::Error;
 
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/kad/1.0.0");
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer asked for a piece this node is fetching waits this long for it before `NotYet`.
+const PIECE_WAIT: Duration = Duration::from_secs(4);
+/// Provider records live this long and are re-announced well before they expire.
+const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+const PROVIDER_REPUBLISH: Duration = Duration::from_secs(1200);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -40,7 +47,11 @@ pub(crate) struct EventLoop {
     /// For serving tasks to hand responses back; weak, so the loop ends with the last Client.
     myself: mpsc::WeakSender<Command>,
     store: Store,
-    limits: std::sync::Arc<Limits>,
+    limits: Arc<Limits>,
+    orders: mpsc::Sender<FetchOrder>,
+    corrupt_served_pieces: bool,
+    bans: HashMap<PeerId, (Instant, String)>,
+    bootstrapped: bool,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, Error>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
@@ -60,13 +71,18 @@ impl EventLoop {
         config: SwarmConfig,
         key: Keypair,
         store: Store,
-        limits: Limits,
+        limits: Arc<Limits>,
         commands: mpsc::Receiver<Command>,
         myself: mpsc::WeakSender<Command>,
+        orders: mpsc::Sender<FetchOrder>,
     ) -> Result<EventLoop, Error> {
         let psk = config.psk;
         let region = config.region.clone();
         let mdns_on = config.mdns;
+        let corrupt_served_pieces = config.test_fault_corrupt_served_pieces;
+        if corrupt_served_pieces {
+            tracing::error!("TEST-ONLY fault switch on: every piece served to peers is corrupted");
+        }
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|key| {
@@ -86,7 +102,9 @@ impl EventLoop {
                     identify::Config::new("/ferry/id/1.0.0".into(), key.public())
                         .with_agent_version(format!("ferry/{} region={region}", env!("CARGO_PKG_VERSION"))),
                 );
-                let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad::Config::new(KAD_PROTOCOL));
+                let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+                kad_config.set_provider_record_ttl(Some(PROVIDER_TTL)).set_provider_publication_interval(Some(PROVIDER_REPUBLISH));
+                let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
                 kad.set_mode(Some(kad::Mode::Server));
                 let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?) } else { None };
                 let pieces = request_response::Behaviour::with_codec(
@@ -94,7 +112,7 @@ impl EventLoop {
                     [(PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
                 );
-                Ok(Behaviour { identify, kad, mdns: Toggle::from(mdns), pieces })
+                Ok(Behaviour { blocked: Default::default(), identify, kad, mdns: Toggle::from(mdns), pieces })
             })
             .map_err(|e| swarm_error("building the behaviour", e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -114,7 +132,11 @@ impl EventLoop {
             commands,
             myself,
             store,
-            limits: std::sync::Arc::new(limits),
+            limits,
+            orders,
+            corrupt_served_pieces,
+            bans: HashMap::new(),
+            bootstrapped: false,
             providers: HashMap::new(),
             requests: HashMap::new(),
             dials: HashMap::new(),
@@ -123,14 +145,26 @@ impl EventLoop {
     }
 
     pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = tick.tick() => self.end_bans(),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
             }
+        }
+    }
+
+    fn end_bans(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<PeerId> = self.bans.iter().filter(|(_, (until, _))| *until <= now).map(|(p, _)| *p).collect();
+        for peer in ended {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            tracing::info!(%peer, "a ban ended");
         }
     }
 
@@ -178,9 +212,28 @@ impl EventLoop {
                 let peers = self
                     .swarm
                     .connected_peers()
-                    .map(|p| PeerInfo { peer_id: p.to_string(), region: self.regions.get(p).cloned(), addresses: Vec::new() })
+                    .filter(|p| !self.bans.contains_key(p))
+                    .map(|p| SitePeer { id: *p, region: self.regions.get(p).cloned() })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Ban { peer, until, why } => {
+                tracing::warn!(%peer, %why, "banning a peer");
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.bans.insert(peer, (until, why));
+            }
+            Command::Bans { reply } => {
+                let now = Instant::now();
+                let bans = self
+                    .bans
+                    .iter()
+                    .map(|(p, (until, why))| Ban {
+                        peer_id: p.to_string(),
+                        why: why.clone(),
+                        seconds_left: until.saturating_duration_since(now).as_secs(),
+                    })
+                    .collect();
+                let _ = reply.send(bans);
             }
         }
     }
@@ -191,6 +244,17 @@ impl EventLoop {
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                if !self.bootstrapped {
+                    // Learn the rest of the site from the first peer: a lookup of our own id.
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            // A site is small: every node keeps a connection to every other one, so all agree on
+            // the members that own pieces (see `site`).
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer: true, .. }))
+                if !self.swarm.is_connected(&peer) && !self.bans.contains_key(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 let why = match &error {
@@ -248,14 +312,12 @@ impl EventLoop {
                 let store = self.store.clone();
                 let myself = self.myself.clone();
                 let limits = self.limits.clone();
+                let orders = self.orders.clone();
+                let corrupt = self.corrupt_served_pieces;
                 tokio::spawn(async move {
-                    // One of this peer's few slots, then the bytes, then the upload rate.
-                    let _slot = limits.slot(peer).await;
-                    let response = tokio::task::spawn_blocking(move || serve(&store, request)).await.unwrap_or(Response::NotHere);
-                    if let Response::Piece(data) = &response {
-                        limits.spend(data.len() as u64).await;
-                        limits.counters.bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        limits.counters.pieces_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut response = serve(&store, &limits, &orders, peer, request).await;
+                    if let (true, Response::Piece(data)) = (corrupt, &mut response) {
+                        data[0] ^= 0xff;
                     }
                     if let Some(tx) = myself.upgrade() {
                         let _ = tx.send(Command::Respond { channel, response }).await;
@@ -282,20 +344,72 @@ impl EventLoop {
     }
 }
 
-/// Answers a peer's request from the store. Blocking.
-fn serve(store: &Store, request: Request) -> Response {
-    match request {
-        Request::HaveMap { digest } => match store.have_map(&digest) {
-            Some((size, pieces)) => Response::HaveMap { size, pieces },
-            None => Response::NotHere,
-        },
-        Request::Piece { digest, index } => match store.read_piece(&digest, index) {
-            Ok(Some(data)) => Response::Piece(data),
-            Ok(None) => Response::NotHere,
-            Err(e) => {
-                tracing::warn!(%digest, index, error = %e, "cannot read a piece for a peer");
-                Response::NotHere
+/// Answers a peer's request from the store. A piece this node is fetching — or, asked with an
+/// origin hint, now orders fetched — is waited for a little; then one of the peer's few slots,
+/// the bytes, and the upload rate.
+async fn serve(store: &Store, limits: &Limits, orders: &mpsc::Sender<FetchOrder>, peer: PeerId, request: Request) -> Response {
+    let (digest, index, origin) = match request {
+        Request::HaveMap { digest } => {
+            let store = store.clone();
+            return match tokio::task::spawn_blocking(move || store.have_map(&digest)).await {
+                Ok(Some((size, pieces))) => Response::HaveMap { size, pieces },
+                _ => Response::NotHere,
+            };
+        }
+        Request::Piece { digest, index, origin } => (digest, index, origin),
+    };
+    let fetching = |store: &Store| store.partial(&digest).is_some_and(|p| index < p.piece_count() && p.is_claimed(index));
+    let have = |store: &Store| match store.partial(&digest) {
+        Some(p) => index < p.piece_count() && p.trusted(index..index + 1),
+        None => store.state(&digest) != crate::store::BlobState::Absent,
+    };
+    let ordered = match origin {
+        Some(origin) if !have(store) && !fetching(store) => orders.try_send(FetchOrder { digest, index, origin, from: peer }).is_ok(),
+        _ => false,
+    };
+    let started = std::time::Instant::now();
+    if ordered || fetching(store) {
+        wait_for_piece(store, &digest, index).await;
+    }
+    let waited = started.elapsed();
+    let _slot = limits.slot(peer).await;
+    tracing::debug!(%peer, %digest, index, ordered, waited_ms = waited.as_millis() as u64, slot_ms = (started.elapsed() - waited).as_millis() as u64, "serving a piece request");
+    let s = store.clone();
+    let data = tokio::task::spawn_blocking(move || s.read_piece(&digest, index)).await;
+    match data {
+        Ok(Ok(Some(data))) => {
+            limits.spend(data.len() as u64).await;
+            limits.counters.sent(peer, data.len() as u64);
+            Response::Piece(data)
+        }
+        Ok(Ok(None)) if ordered || fetching(store) => Response::NotYet,
+        Ok(Ok(None)) => Response::NotHere,
+        Ok(Err(e)) => {
+            tracing::warn!(%digest, index, error = %e, "cannot read a piece for a peer");
+            Response::NotHere
+        }
+        Err(_) => Response::NotHere,
+    }
+}
+
+/// Waits up to [`PIECE_WAIT`] for piece `index` of `d` to be here and trusted (the partial blob
+/// may not exist yet when an order was just sent).
+async fn wait_for_piece(store: &Store, d: &crate::Digest, index: u32) {
+    let deadline = tokio::time::Instant::now() + PIECE_WAIT;
+    loop {
+        let Some(p) = store.partial(d) else {
+            if store.state(d) != crate::store::BlobState::Absent || tokio::time::Instant::now() >= deadline {
+                return;
             }
-        },
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut changes = p.subscribe();
+        if index >= p.piece_count() || p.trusted(index..index + 1) || p.is_complete() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return;
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The libp2p swarm of a site's nodes: discovery (bootstrap addresses, mDNS, a Kademlia DHT under
-//! Ferry's own protocol name), provider records for blobs, and the `/ferry/pieces/1` exchange.
+//! Ferry's own protocol name), provider records for blobs, the `/ferry/pieces/1` exchange, bans,
+//! rate caps, and [`site`]: who fetches which piece from the origin.
 //!
 //! Shape: a cloneable [`Client`] sends [`Command`]s, each with a reply channel, to an
 //! [`event_loop::EventLoop`] that owns the `Swarm` (which is not `Sync`). Pending DHT queries and
@@ -7,20 +8,25 @@
 //!
 //! Invariants: with a pre-shared key, only nodes holding the same key complete a connection (the
 //! key wraps the TCP stream before noise); bytes received from peers are never trusted here —
-//! callers verify them against digests from a trusted source before use.
+//! callers verify them against digests from a trusted source before use, and [`Client::ban`] a
+//! peer that lied: it is disconnected and refused until the ban ends.
 
 mod event_loop;
 mod limits;
 pub mod protocol;
+pub mod site;
 
-pub use limits::Traffic;
+pub use limits::{PeerTraffic, Traffic};
+pub use protocol::Origin;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
 pub use libp2p::Multiaddr;
-use libp2p::PeerId;
+pub use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Bitmap, Store};
@@ -41,16 +47,64 @@ pub struct SwarmConfig {
     pub region: String,
     /// Upload cap in bytes per second for everything served to peers (`None`: no cap).
     pub upload_rate: Option<u64>,
+    /// Download cap in bytes per second for everything fetched from peers (`None`: no cap).
+    pub download_rate: Option<u64>,
     /// Pieces served to one peer at a time (at least 1).
     pub upload_per_peer: usize,
+    /// TEST-ONLY fault switch: flip a byte of every piece served to peers, to prove that peers
+    /// verify and ban. `ferry node` sets it only from `FERRY_TEST_FAULT_CORRUPT_SERVED_PIECES=1`.
+    pub test_fault_corrupt_served_pieces: bool,
 }
 
 /// A peer this node is connected to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     pub peer_id: String,
     pub region: Option<String>,
-    pub addresses: Vec<String>,
+    /// What this node exchanged with the peer.
+    #[serde(default)]
+    pub traffic: PeerTraffic,
+}
+
+/// A peer refused for a while because it served bad bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ban {
+    pub peer_id: String,
+    pub why: String,
+    pub seconds_left: u64,
+}
+
+/// A connected peer, for choosing whom to ask.
+#[derive(Debug, Clone)]
+pub struct SitePeer {
+    pub id: PeerId,
+    pub region: Option<String>,
+}
+
+/// A peer asked for a piece of a segment this node owns and nobody here fetches: fetch it from
+/// the origin (with this node's own access), so the peer can have it.
+#[derive(Debug, Clone)]
+pub struct FetchOrder {
+    pub digest: Digest,
+    pub index: u32,
+    pub origin: Origin,
+    pub from: PeerId,
+}
+
+/// The swarm handle and the fetch orders peers send, which the node's fetcher carries out.
+pub struct Swarm {
+    pub client: Client,
+    pub orders: mpsc::Receiver<FetchOrder>,
+}
+
+/// What a peer answered to a piece request.
+#[derive(Debug)]
+pub enum PieceAnswer {
+    /// The bytes, unverified.
+    Data(Vec<u8>),
+    /// The peer is fetching it: ask again.
+    NotYet,
+    NotHere,
 }
 
 pub(crate) enum Command {
@@ -60,7 +114,9 @@ pub(crate) enum Command {
     Providers { digest: Digest, reply: oneshot::Sender<Vec<PeerId>> },
     Request { peer: PeerId, request: protocol::Request, reply: oneshot::Sender<Result<protocol::Response, Error>> },
     Respond { channel: libp2p::request_response::ResponseChannel<protocol::Response>, response: protocol::Response },
-    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
+    Peers { reply: oneshot::Sender<Vec<SitePeer>> },
+    Ban { peer: PeerId, until: Instant, why: String },
+    Bans { reply: oneshot::Sender<Vec<Ban>> },
 }
 
 /// A handle on the swarm; cheap to clone. The swarm stops when every handle is dropped.
@@ -68,7 +124,8 @@ pub(crate) enum Command {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     local: PeerId,
-    counters: std::sync::Arc<limits::Counters>,
+    region: String,
+    limits: Arc<limits::Limits>,
 }
 
 impl std::fmt::Debug for Client {
@@ -92,9 +149,35 @@ impl Client {
         self.local
     }
 
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// Bytes received from and served to peers since start.
     pub fn traffic(&self) -> Traffic {
-        self.counters.snapshot()
+        self.limits.counters.snapshot()
+    }
+
+    /// What this node exchanged with `peer`, and how fast it served.
+    pub fn traffic_with(&self, peer: &PeerId) -> PeerTraffic {
+        self.limits.counters.of(peer)
+    }
+
+    /// Notes that a request to `peer` failed (it counts against choosing that peer).
+    pub fn failed(&self, peer: PeerId) {
+        self.limits.counters.failed(peer);
+    }
+
+    /// Disconnects `peer` and refuses it for `duration`.
+    pub async fn ban(&self, peer: PeerId, duration: Duration, why: String) -> Result<(), Error> {
+        self.limits.counters.failed(peer);
+        self.tx.send(Command::Ban { peer, until: Instant::now() + duration, why }).await.map_err(|_| gone())
+    }
+
+    /// The peers banned now.
+    pub async fn bans(&self) -> Result<Vec<Ban>, Error> {
+        self.ask(|reply| Command::Bans { reply }).await
     }
 
     /// The addresses the swarm listens on now.
@@ -121,34 +204,54 @@ impl Client {
         self.ask(|reply| Command::Request { peer, request, reply }).await?
     }
 
-    /// Which pieces of `digest` `peer` holds: `None` when it holds none.
+    fn unexpected(peer: PeerId, asked: &str, response: &protocol::Response) -> Error {
+        let got = match response {
+            protocol::Response::NotHere => "not here",
+            protocol::Response::NotYet => "not yet",
+            protocol::Response::HaveMap { .. } => "a have-map",
+            protocol::Response::Piece(_) => "a piece",
+        };
+        Error::Peer { peer: peer.to_string(), why: format!("answered a {asked} request with {got}") }
+    }
+
+    /// Which pieces of `digest` `peer` can hand on: `None` when it holds none.
     pub async fn have_map(&self, peer: PeerId, digest: Digest) -> Result<Option<(u64, Bitmap)>, Error> {
         match self.request(peer, protocol::Request::HaveMap { digest }).await? {
             protocol::Response::HaveMap { size, pieces } => Ok(Some((size, pieces))),
             protocol::Response::NotHere => Ok(None),
-            protocol::Response::Piece(_) => {
-                Err(Error::Peer { peer: peer.to_string(), why: "answered a have-map request with a piece".into() })
-            }
+            r => Err(Self::unexpected(peer, "have-map", &r)),
         }
     }
 
-    /// Piece `index` of `digest` from `peer` — unverified bytes: the caller checks them.
-    pub async fn piece(&self, peer: PeerId, digest: Digest, index: u32) -> Result<Option<Vec<u8>>, Error> {
-        match self.request(peer, protocol::Request::Piece { digest, index }).await? {
+    /// Piece `index` of `digest` from `peer` — unverified bytes: the caller checks them. With
+    /// `origin`, a peer that owns the piece's segment fetches it from there if it must. Paced by
+    /// the download cap; the peer's measured rate is updated.
+    pub async fn piece(&self, peer: PeerId, digest: Digest, index: u32, origin: Option<Origin>) -> Result<PieceAnswer, Error> {
+        self.limits.receive(crate::store::PIECE_SIZE).await;
+        let started = Instant::now();
+        match self.request(peer, protocol::Request::Piece { digest, index, origin }).await? {
             protocol::Response::Piece(data) => {
-                self.counters.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                Ok(Some(data))
+                self.limits.counters.received(peer, data.len() as u64, started.elapsed());
+                Ok(PieceAnswer::Data(data))
             }
-            protocol::Response::NotHere => Ok(None),
-            protocol::Response::HaveMap { .. } => {
-                Err(Error::Peer { peer: peer.to_string(), why: "answered a piece request with a have-map".into() })
-            }
+            protocol::Response::NotHere => Ok(PieceAnswer::NotHere),
+            protocol::Response::NotYet => Ok(PieceAnswer::NotYet),
+            r => Err(Self::unexpected(peer, "piece", &r)),
         }
     }
 
     /// The peers connected now.
-    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+    pub async fn site_peers(&self) -> Result<Vec<SitePeer>, Error> {
         self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// The peers connected now, with what was exchanged with each.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        let peers = self.site_peers().await?;
+        Ok(peers
+            .into_iter()
+            .map(|p| PeerInfo { peer_id: p.id.to_string(), region: p.region, traffic: self.limits.counters.of(&p.id) })
+            .collect())
     }
 }
 
@@ -178,14 +281,16 @@ pub fn load_psk(path: &Path) -> Result<PreSharedKey, Error> {
 }
 
 /// Starts the swarm; serves pieces from `store`.
-pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Client, Error> {
+pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Swarm, Error> {
     let local = key.public().to_peer_id();
     let (tx, rx) = mpsc::channel(256);
-    let counters = std::sync::Arc::new(limits::Counters::default());
-    let limits = limits::Limits::new(config.upload_rate, config.upload_per_peer, counters.clone());
-    let event_loop = event_loop::EventLoop::new(config, key, store, limits, rx, tx.downgrade())?;
+    let (orders_tx, orders) = mpsc::channel(256);
+    let counters = Arc::new(limits::Counters::default());
+    let limits = Arc::new(limits::Limits::new(config.upload_rate, config.download_rate, config.upload_per_peer, counters));
+    let region = config.region.clone();
+    let event_loop = event_loop::EventLoop::new(config, key, store, limits.clone(), rx, tx.downgrade(), orders_tx)?;
     tokio::spawn(event_loop.run());
-    Ok(Client { tx, local, counters })
+    Ok(Swarm { client: Client { tx, local, region, limits }, orders })
 }
 
 #[cfg(test)]

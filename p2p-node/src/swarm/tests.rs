@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use libp2p::pnet::PreSharedKey;
 
 use super::*;
@@ -11,6 +13,7 @@ fn psk(byte: u8) -> PreSharedKey {
 
 struct Node {
     client: Client,
+    orders: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<FetchOrder>>,
     store: Store,
     _dir: tempfile::TempDir,
 }
@@ -29,11 +32,13 @@ async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, uplo
         mdns: false,
         region: "site-a".into(),
         upload_rate,
+        download_rate: None,
         upload_per_peer: 2,
+        test_fault_corrupt_served_pieces: false,
     };
     let identity = load_or_create_identity(&dir.path().join("identity.key")).expect("identity");
-    let client = spawn(config, identity, store.clone()).expect("spawn");
-    Node { client, store, _dir: dir }
+    let swarm = spawn(config, identity, store.clone()).expect("spawn");
+    Node { client: swarm.client, orders: tokio::sync::Mutex::new(swarm.orders), store, _dir: dir }
 }
 
 /// The node's address with its peer id, once it listens.
@@ -45,6 +50,13 @@ async fn address(n: &Node) -> Multiaddr {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the node never listened");
+}
+
+fn bytes(answer: PieceAnswer) -> Vec<u8> {
+    match answer {
+        PieceAnswer::Data(d) => d,
+        other => panic!("expected the piece, got {other:?}"),
+    }
 }
 
 fn blob(len: usize) -> Vec<u8> {
@@ -79,10 +91,11 @@ async fn nodes_with_the_cluster_key_find_providers_and_fetch_pieces() {
     assert_eq!((size, map.count()), (data.len() as u64, 3));
     let mut back = Vec::new();
     for i in 0..3 {
-        back.extend(c.client.piece(a.client.peer_id(), d, i).await.expect("piece").expect("present"));
+        back.extend(bytes(c.client.piece(a.client.peer_id(), d, i, None).await.expect("piece")));
     }
     assert_eq!(Digest::of(&back), d, "the pieces put together are the blob");
-    assert_eq!(c.client.piece(a.client.peer_id(), d, 3).await.expect("request"), None, "past the end: not here");
+    let past_the_end = c.client.piece(a.client.peer_id(), d, 3, None).await.expect("request");
+    assert!(matches!(past_the_end, PieceAnswer::NotHere), "{past_the_end:?}");
     assert_eq!(c.client.have_map(a.client.peer_id(), Digest::of(b"x")).await.expect("request"), None);
     let peers = a.client.peers().await.expect("peers");
     assert!(peers.iter().any(|p| p.peer_id == c.client.peer_id().to_string() && p.region.as_deref() == Some("site-a")), "{peers:?}");
@@ -126,7 +139,7 @@ async fn uploads_keep_to_the_rate_cap_and_are_counted() {
     b.client.dial(address(&a).await).await.expect("dial");
     let started = std::time::Instant::now();
     for i in 0..6 {
-        b.client.piece(a.client.peer_id(), d, i).await.expect("piece").expect("present");
+        bytes(b.client.piece(a.client.peer_id(), d, i, None).await.expect("piece"));
     }
     let elapsed = started.elapsed();
     // 6 pieces at 2 a second, 2 of them from the initial burst: about 2 seconds at least.
@@ -134,4 +147,104 @@ async fn uploads_keep_to_the_rate_cap_and_are_counted() {
     let out = a.client.traffic();
     assert_eq!((out.bytes_out, out.pieces_out), (6 * PIECE_SIZE, 6));
     assert_eq!(b.client.traffic().bytes_in, 6 * PIECE_SIZE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_being_fetched_is_waited_for_and_peer_bytes_are_not_handed_on() {
+    let a = node(Some(psk(5)), vec![]).await;
+    let b = node(Some(psk(5)), vec![]).await;
+    b.client.dial(address(&a).await).await.expect("dial");
+    let data = blob(3 * PIECE_SIZE as usize);
+    let d = Digest::of(&data);
+    let p = a.store.begin(&d, data.len() as u64).expect("begin").expect("partial");
+    assert!(matches!(p.poll(0..PIECE_SIZE), crate::store::RangeState::Claimed(_)), "a fetches piece 0");
+    p.write_piece(1, &data[PIECE_SIZE as usize..2 * PIECE_SIZE as usize], false).expect("a peer's piece");
+    let writer = {
+        let (p, first) = (p.clone(), data[..PIECE_SIZE as usize].to_vec());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::task::spawn_blocking(move || p.write_piece(0, &first, true)).await.expect("join").expect("write");
+        })
+    };
+    let started = std::time::Instant::now();
+    let first = bytes(b.client.piece(a.client.peer_id(), d, 0, None).await.expect("piece"));
+    assert_eq!(first, data[..PIECE_SIZE as usize], "the piece came once it was fetched");
+    assert!(started.elapsed() >= Duration::from_millis(500), "it was waited for");
+    writer.await.expect("writer");
+    let untrusted = b.client.piece(a.client.peer_id(), d, 1, None).await.expect("request");
+    assert!(matches!(untrusted, PieceAnswer::NotHere), "a peer's unverified piece is not handed on: {untrusted:?}");
+    let (_, map) = b.client.have_map(a.client.peer_id(), d).await.expect("request").expect("a has some");
+    assert!(map.get(0) && !map.get(1) && !map.get(2), "the have-map names only trusted pieces");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_is_cut_off_until_the_ban_ends() {
+    let a = node(Some(psk(6)), vec![]).await;
+    let b = node(Some(psk(6)), vec![]).await;
+    let a_addr = address(&a).await;
+    b.client.dial(a_addr.clone()).await.expect("dial");
+    let data = blob(100);
+    let d = Digest::of(&data);
+    a.store.put(&d, &data).expect("put");
+    a.client.ban(b.client.peer_id(), Duration::from_secs(2), "served bad bytes".into()).await.expect("ban");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bans = a.client.bans().await.expect("bans");
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].peer_id, b.client.peer_id().to_string());
+    assert!(a.client.site_peers().await.expect("peers").is_empty(), "the banned peer was disconnected");
+    assert!(b.client.have_map(a.client.peer_id(), d).await.is_err(), "a banned peer gets nothing");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.client.bans().await.expect("bans").is_empty(), "the ban ended");
+    b.client.dial(a_addr).await.expect("dial again");
+    assert!(b.client.have_map(a.client.peer_id(), d).await.expect("request").is_some(), "served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_of_a_piece_is_ordered_to_fetch_it_and_the_asker_waits() {
+    let a = node(Some(psk(4)), vec![]).await;
+    let b = node(Some(psk(4)), vec![]).await;
+    b.client.dial(address(&a).await).await.expect("dial");
+    let data = blob(2 * PIECE_SIZE as usize);
+    let d = Digest::of(&data);
+    let origin = Origin { size: data.len() as u64, registry: "registry.local".into(), repo: "team/model".into() };
+    // Without a hint, a node holding nothing says so at once.
+    let plain = b.client.piece(a.client.peer_id(), d, 1, None).await.expect("request");
+    assert!(matches!(plain, PieceAnswer::NotHere), "{plain:?}");
+    // With one, it gets an order, and the asker gets the piece once the order is carried out.
+    let (store, orders) = (a.store.clone(), &a.orders);
+    let fetch = async {
+        let order = orders.lock().await.recv().await.expect("an order");
+        assert_eq!((order.digest, order.index, order.origin.repo.as_str()), (d, 1, "team/model"));
+        assert_eq!(order.from, b.client.peer_id());
+        let p = store.begin(&d, order.origin.size).expect("begin").expect("partial");
+        assert!(matches!(p.poll(PIECE_SIZE..2 * PIECE_SIZE), crate::store::RangeState::Claimed(_)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let piece = data[PIECE_SIZE as usize..].to_vec();
+        tokio::task::spawn_blocking(move || p.write_piece(1, &piece, true)).await.expect("join").expect("write");
+    };
+    let (answer, ()) = tokio::join!(b.client.piece(a.client.peer_id(), d, 1, Some(origin)), fetch);
+    assert_eq!(bytes(answer.expect("request")), data[PIECE_SIZE as usize..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_piece_throughput() {
+    let a = node(Some(psk(3)), vec![]).await;
+    let b = node(Some(psk(3)), vec![]).await;
+    b.client.dial(address(&a).await).await.expect("dial");
+    let data = blob(64 * PIECE_SIZE as usize);
+    let d = Digest::of(&data);
+    a.store.put(&d, &data).expect("put");
+    for concurrency in [1usize, 4, 16, 32] {
+        let started = std::time::Instant::now();
+        let peer = a.client.peer_id();
+        let client = &b.client;
+        futures::stream::iter(0..64u32)
+            .map(|i| async move { bytes(client.piece(peer, d, i, None).await.expect("piece")) })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("concurrency {concurrency}: {:.0} MiB/s", 64.0 / secs);
+    }
 }

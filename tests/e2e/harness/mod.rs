@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod registry;
 pub mod rootfs;
 pub mod store;
+pub mod swarm;
 pub mod tls;
 pub mod token;
 
