@@ -1,13 +1,17 @@
 //! Filling a run of pieces from the site: peers first, the origin for what no peer can give.
 //!
-//! For each piece of the run: peers whose have-map shows it (same region first, then the fastest
-//! measured, then the fewest failures) are asked, with a hedged second request when the first is
-//! slow; otherwise the piece's *owner* — the member of the site (this node and its connected
-//! same-region peers) that [`site::owner`] picks for the piece's segment — is asked with an origin
-//! hint: it fetches the segment from the origin if nobody there has, and the asker waits for it
-//! (`NotYet`). Only pieces this node owns, and pieces no peer delivered within half the piece
-//! timeout, go to the origin, in contiguous range requests. So a blob crosses the WAN about once
-//! per site whether its nodes want it at once, one after another, or only one of them does.
+//! For each piece of the run, in order:
+//! 1. the peers whose have-map shows it — connected peers, or, when none has any of the blob, the
+//!    providers the DHT names — same region first, then the fastest measured, then the fewest
+//!    failures; a request not answered in [`HEDGE_AFTER`] is repeated to the next holder;
+//! 2. else the piece's *owner*: the member of the site (this node and its connected same-region
+//!    peers) that [`site::owner`] picks for the piece's segment, asked with an origin hint; it
+//!    fetches the segment from the origin if nobody there has, and the asker waits (`NotYet`);
+//! 3. else, and for pieces this node owns or that no peer delivered within half the piece timeout,
+//!    the origin, contiguous pieces in one range request.
+//!
+//! So a blob crosses the WAN about once per site whether its nodes want it at once, one after
+//! another, or only one of them does.
 //!
 //! Peer bytes are written as untrusted pieces (see `p2p_node::store::partial`) and recorded in
 //! the [`Ledger`]. When the blob then fails its digest, the store drops them and the blob is
@@ -105,11 +109,11 @@ impl SiteFill {
 
     /// Fetches `run`; on failure returns the error and the pieces left unfetched (still claimed).
     pub async fn run(&self, run: Range<u32>) -> Result<(), (Error, Vec<u32>)> {
-        let peers = self.swarm.site_peers().await.unwrap_or_default();
+        let mut peers = self.swarm.site_peers().await.unwrap_or_default();
         if peers.is_empty() {
             return self.origin.run(run, None).await.map_err(|(e, rest)| (e, rest.collect()));
         }
-        let maps = self.have_maps(&peers).await;
+        let maps = self.have_maps(&mut peers).await;
         let (jobs, mine) = self.plan(run, &peers, &maps);
         let origin = Origin { size: self.p().size(), registry: self.origin.up.host.clone(), repo: self.origin.name.to_string() };
         let origin = &origin;
@@ -138,22 +142,37 @@ impl SiteFill {
         origin
     }
 
-    /// What each peer can hand on of the blob.
-    async fn have_maps(&self, peers: &[SitePeer]) -> HashMap<PeerId, Bitmap> {
+    /// What each connected peer can hand on of the blob; when none has any, what the providers
+    /// the DHT names (peers of other regions, not connected) have.
+    async fn have_maps(&self, peers: &mut Vec<SitePeer>) -> HashMap<PeerId, Bitmap> {
+        let maps = self.ask_maps(peers.iter().map(|p| p.id).collect()).await;
+        if !maps.is_empty() {
+            return maps;
+        }
+        let d = self.p().digest();
+        let providers = tokio::time::timeout(MAP_TIMEOUT, self.swarm.providers(d)).await.ok().and_then(Result::ok).unwrap_or_default();
+        let me = self.swarm.peer_id();
+        let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != me && !peers.iter().any(|c| c.id == *p)).collect();
+        let maps = self.ask_maps(others).await;
+        peers.extend(maps.keys().map(|id| SitePeer { id: *id, region: None }));
+        maps
+    }
+
+    async fn ask_maps(&self, peers: Vec<PeerId>) -> HashMap<PeerId, Bitmap> {
         let d = self.p().digest();
         let size = self.p().size();
-        let asks = peers.iter().map(|peer| async move {
-            let answer = tokio::time::timeout(MAP_TIMEOUT, self.swarm.have_map(peer.id, d)).await;
+        let asks = peers.into_iter().map(|id| async move {
+            let answer = tokio::time::timeout(MAP_TIMEOUT, self.swarm.have_map(id, d)).await;
             match answer {
-                Ok(Ok(Some((s, map)))) if s == size => Some((peer.id, map)),
+                Ok(Ok(Some((s, map)))) if s == size => Some((id, map)),
                 Ok(Ok(Some((s, _)))) => {
-                    tracing::warn!(peer = %peer.id, digest = %d, "the peer says the blob is {s} bytes, not {size}");
-                    self.swarm.failed(peer.id);
+                    tracing::warn!(peer = %id, digest = %d, "the peer says the blob is {s} bytes, not {size}");
+                    self.swarm.failed(id);
                     None
                 }
                 Ok(Ok(None)) => None,
                 _ => {
-                    self.swarm.failed(peer.id);
+                    self.swarm.failed(id);
                     None
                 }
             }
@@ -178,12 +197,13 @@ impl SiteFill {
         });
         let (mut jobs, mut mine) = (Vec::new(), Vec::new());
         for piece in run {
-            let mut candidates: Vec<PeerId> = ranked.iter().filter(|p| maps[&p.id].get(piece)).map(|p| p.id).collect();
-            // Spread the load: rotate the equally good holders by piece.
-            if candidates.len() > 1 {
-                let n = candidates.len().min(3);
-                candidates[..n].rotate_left(piece as usize % n);
+            let mut holding: Vec<&SitePeer> = ranked.iter().copied().filter(|p| maps[&p.id].get(piece)).collect();
+            // Spread the load: the best few holders of the best region take turns by piece.
+            let n = holding.iter().take(3).take_while(|p| p.region == holding[0].region).count();
+            if n > 1 {
+                holding[..n].rotate_left(piece as usize % n);
             }
+            let mut candidates: Vec<PeerId> = holding.iter().map(|p| p.id).collect();
             let holders = candidates.len();
             let owner = *site::owner(&d, site::segment_of(piece), &members).unwrap_or(&me);
             if owner != me && !candidates.contains(&owner) {

@@ -1,7 +1,5 @@
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use libp2p::pnet::PreSharedKey;
 
 use super::*;
@@ -224,27 +222,4 @@ async fn the_owner_of_a_piece_is_ordered_to_fetch_it_and_the_asker_waits() {
     };
     let (answer, ()) = tokio::join!(b.client.piece(a.client.peer_id(), d, 1, Some(origin)), fetch);
     assert_eq!(bytes(answer.expect("request")), data[PIECE_SIZE as usize..]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a test"]
-async fn measure_piece_throughput() {
-    let a = node(Some(psk(3)), vec![]).await;
-    let b = node(Some(psk(3)), vec![]).await;
-    b.client.dial(address(&a).await).await.expect("dial");
-    let data = blob(64 * PIECE_SIZE as usize);
-    let d = Digest::of(&data);
-    a.store.put(&d, &data).expect("put");
-    for concurrency in [1usize, 4, 16, 32] {
-        let started = std::time::Instant::now();
-        let peer = a.client.peer_id();
-        let client = &b.client;
-        futures::stream::iter(0..64u32)
-            .map(|i| async move { bytes(client.piece(peer, d, i, None).await.expect("piece")) })
-            .buffer_unordered(concurrency)
-            .collect::<Vec<_>>()
-            .await;
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!("concurrency {concurrency}: {:.0} MiB/s", 64.0 / secs);
-    }
 }
