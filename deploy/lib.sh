@@ -62,3 +62,15 @@ release_ferry() {
     (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2 || return 1
     FERRY=$REPO_ROOT/target/release/ferry
 }
+
+# stop_pids PID...: SIGTERM to all, then up to 5 s each to exit before SIGKILL. Never fails.
+stop_pids() {
+    local p
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "$@"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    return 0
+}
