@@ -124,6 +124,38 @@ async fn a_site_pulls_an_image_across_the_wan_about_once() {
     assert_eq!(got_in, late as u64, "status and metrics disagree on the bytes from peers");
 }
 
+/// A node prefers peers of its own region: with the image on a same-region peer and on a peer of
+/// another region, every byte comes from the same-region one.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_of_the_same_region_are_preferred() {
+    let site = Site::new(3, WanShape::mbit(200));
+    let origin = Registry::plain_in(&site, "origin").await;
+    let image = push_image(&site, &origin, 5, &[9]);
+    let work = temp_dir("p2p-key");
+    let key = cluster_key(work.path(), "site.key");
+    let near = SiteNode::start(&site, 0, &origin, &key, None, &[]);
+    let boot = Some(near.address(&site));
+    let far = SiteNode::start_in_region(&site, 2, &origin, &key, boot.clone(), &[], "far");
+    let asker = SiteNode::start(&site, 1, &origin, &key, boot, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while [&near, &far, &asker].iter().any(|n| n.peer_count() < 2) {
+        assert!(std::time::Instant::now() < deadline, "the three nodes did not connect:\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pull(&site, &near, &image);
+    pull(&site, &far, &image);
+    pull(&site, &asker, &image);
+    let status = asker.status().expect("status");
+    let peers = status["p2p"]["peers"].as_array().cloned().unwrap_or_default();
+    let bytes_from = |id: &str| peers.iter().find(|p| p["peer_id"] == id).map_or(0, |p| p["traffic"]["bytes_in"].as_u64().unwrap_or(0));
+    // What the asker did not hold already (segments it fetched as an owner for `near`) came
+    // from `near`, none from `far`.
+    let served = |k: &str| status["traffic"][k].as_u64().unwrap_or(0);
+    assert!(served("served_peer_bytes") + served("served_cache_bytes") >= image.blob_bytes(), "{status}");
+    assert_eq!(bytes_from(&near.peer_id), served("served_peer_bytes"), "not all peer bytes came from the same-region peer: {status}");
+    assert_eq!(bytes_from(&far.peer_id), 0, "bytes came from the other region: {status}");
+}
+
 /// A node killed with -9 in the middle of a simultaneous pull: the others still complete with
 /// the right digests (its pieces come from the origin or from the survivors).
 #[tokio::test(flavor = "multi_thread")]

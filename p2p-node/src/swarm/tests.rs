@@ -17,10 +17,10 @@ struct Node {
 }
 
 async fn node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Node {
-    limited_node(key, bootstrap, None).await
+    limited_node(key, bootstrap, None, None).await
 }
 
-async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, upload_rate: Option<u64>) -> Node {
+async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, upload_rate: Option<u64>, download_rate: Option<u64>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("store"), StoreConfig::default()).expect("store");
     let config = SwarmConfig {
@@ -30,7 +30,7 @@ async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, uplo
         mdns: false,
         region: "site-a".into(),
         upload_rate,
-        download_rate: None,
+        download_rate,
         upload_per_peer: 2,
         test_fault_corrupt_served_pieces: false,
     };
@@ -129,7 +129,7 @@ fn cluster_keys_and_identities_load_with_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_keep_to_the_rate_cap_and_are_counted() {
     let rate = 2 * PIECE_SIZE; // two pieces a second, one second of burst
-    let a = limited_node(Some(psk(9)), vec![], Some(rate)).await;
+    let a = limited_node(Some(psk(9)), vec![], Some(rate), None).await;
     let data = blob(6 * PIECE_SIZE as usize);
     let d = Digest::of(&data);
     a.store.put(&d, &data).expect("put");
@@ -222,4 +222,24 @@ async fn the_owner_of_a_piece_is_ordered_to_fetch_it_and_the_asker_waits() {
     };
     let (answer, ()) = tokio::join!(b.client.piece(a.client.peer_id(), d, 1, Some(origin)), fetch);
     assert_eq!(bytes(answer.expect("request")), data[PIECE_SIZE as usize..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_keep_to_the_rate_cap() {
+    let a = node(Some(psk(2)), vec![]).await;
+    let data = blob(6 * PIECE_SIZE as usize);
+    let d = Digest::of(&data);
+    a.store.put(&d, &data).expect("put");
+    let b = limited_node(Some(psk(2)), vec![], None, Some(2 * PIECE_SIZE)).await;
+    b.client.dial(address(&a).await).await.expect("dial");
+    let started = std::time::Instant::now();
+    for i in 0..6 {
+        bytes(b.client.piece(a.client.peer_id(), d, i, None).await.expect("piece"));
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1800), "the download cap did not hold: 6 MiB in {elapsed:?}");
+    let t = b.client.traffic_with(&a.client.peer_id());
+    assert_eq!(t.bytes_in, 6 * PIECE_SIZE, "per-peer bytes in");
+    assert!(t.rate > 0.0, "the peer's rate was measured");
+    assert_eq!(a.client.traffic_with(&b.client.peer_id()).bytes_out, 6 * PIECE_SIZE, "per-peer bytes out");
 }

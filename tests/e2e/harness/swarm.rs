@@ -30,9 +30,21 @@ pub struct SiteNode {
 }
 
 impl SiteNode {
-    /// Starts node `index` with `key`, bootstrapping from `bootstrap` when given; `env` is added
-    /// to the process environment (test-only fault switches).
+    /// Starts node `index` in region `site` with `key`, bootstrapping from `bootstrap` when
+    /// given; `env` is added to the process environment (test-only fault switches).
     pub fn start(site: &Site, index: usize, origin: &Registry, key: &Path, bootstrap: Option<String>, env: &[(&str, &str)]) -> SiteNode {
+        Self::start_in_region(site, index, origin, key, bootstrap, env, "site")
+    }
+
+    pub fn start_in_region(
+        site: &Site,
+        index: usize,
+        origin: &Registry,
+        key: &Path,
+        bootstrap: Option<String>,
+        env: &[(&str, &str)],
+        region: &str,
+    ) -> SiteNode {
         let ns = format!("n{index}");
         let ip = site.node_ip(index);
         let dir = temp_dir("site-node");
@@ -44,7 +56,7 @@ impl SiteNode {
             .arg("--admin-socket")
             .arg(dir.path().join("admin.sock"))
             .args(["--upstream", &format!("registry.local={}", origin.url())])
-            .args(["--p2p-listen", &format!("/ip4/{ip}/tcp/4001"), "--region", "site", "--mdns", "false", "--psk-file"])
+            .args(["--p2p-listen", &format!("/ip4/{ip}/tcp/4001"), "--region", region, "--mdns", "false", "--psk-file"])
             .arg(key)
             .env("RUST_LOG", std::env::var("FERRY_E2E_LOG").unwrap_or_else(|_| "info".to_string()));
         if let Some(b) = &bootstrap {
