@@ -58,6 +58,9 @@ pub struct NodeFlags {
     /// The node's admin socket [default: /run/ferry/admin.sock].
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// Serve containerd's Snapshots API here (`[proxy_plugins.ferry]`); off without it.
+    #[arg(long, value_name = "PATH")]
+    pub snapshotter_socket: Option<PathBuf>,
     /// Where the P2P swarm listens (repeatable), e.g. /ip4/0.0.0.0/tcp/4001; P2P is off without one.
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<String>,

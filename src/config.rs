@@ -19,6 +19,14 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     pub admin: AdminSection,
     pub p2p: P2pSection,
+    pub snapshotter: SnapshotterSection,
+}
+
+/// containerd's `proxy_plugins` snapshotter; off unless a socket is given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotterSection {
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +176,8 @@ pub struct NodeSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub admin_socket: PathBuf,
     pub p2p: Option<P2pSettings>,
+    /// The Snapshots API socket, when the snapshotter is on.
+    pub snapshotter_socket: Option<PathBuf>,
 }
 
 /// Reads the file (if any) and applies the flags over it.
@@ -207,6 +217,9 @@ pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
     }
     if let Some(s) = &flags.admin_socket {
         file.admin.socket = s.clone();
+    }
+    if let Some(s) = &flags.snapshotter_socket {
+        file.snapshotter.socket = Some(s.clone());
     }
     if !flags.p2p_listen.is_empty() {
         file.p2p.listen = flags.p2p_listen.clone();
@@ -276,6 +289,7 @@ impl FileConfig {
             },
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),
+            snapshotter_socket: self.snapshotter.socket.clone(),
             p2p: self.p2p_settings()?,
         })
     }

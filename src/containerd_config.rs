@@ -1,5 +1,7 @@
 //! `ferry containerd-config`: the hosts.toml that points containerd at this node for each
-//! allow-listed registry; `--apply DIR` writes them into containerd's certs.d folder.
+//! allow-listed registry (`--apply DIR` writes them into containerd's certs.d folder), and the
+//! `proxy_plugins` snippet for ferry's snapshotter when one is configured (printed, never written:
+//! containerd's own config.toml stays the operator's).
 
 use std::path::Path;
 
@@ -29,7 +31,21 @@ pub fn run(args: ContainerdConfigArgs) -> Result<()> {
         println!("# containerd 1.6+ (CRI): set config_path = \"/etc/containerd/certs.d\" under");
         println!("# [plugins.\"io.containerd.grpc.v1.cri\".registry] and write the files above with --apply /etc/containerd/certs.d");
     }
+    if let Some(socket) = &file.snapshotter.socket {
+        print!("{}", proxy_plugin_toml(socket));
+    }
     Ok(())
+}
+
+/// The part of containerd's config.toml that loads ferry's snapshotter as `--snapshotter ferry`.
+pub fn proxy_plugin_toml(socket: &Path) -> String {
+    format!(
+        "# /etc/containerd/config.toml (add, then restart containerd): ferry's snapshotter\n\
+         [proxy_plugins.ferry]\n\
+         \x20 type = \"snapshot\"\n\
+         \x20 address = \"{}\"\n",
+        socket.display()
+    )
 }
 
 /// The hosts.toml for one registry: the mirror first, the registry itself as fallback.

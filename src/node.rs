@@ -42,7 +42,18 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
-    let result = registry_proxy::run(s.mirror, store, listeners, swarm, cancel).await;
+    let snapshotter = match &s.snapshotter_socket {
+        Some(socket) => {
+            let bound = snapshotter::service::bind(&s.store_path.join("snapshotter"), socket).context("starting the snapshotter")?;
+            Some(tokio::spawn(bound.serve(cancel.clone())))
+        }
+        None => None,
+    };
+    let result = registry_proxy::run(s.mirror, store, listeners, swarm, cancel.clone()).await;
+    cancel.cancel();
+    if let Some(task) = snapshotter {
+        task.await?.context("running the snapshotter")?;
+    }
     let _ = std::fs::remove_file(&s.admin_socket);
     result.context("running the node")?;
     tracing::info!("ferry node stopped");

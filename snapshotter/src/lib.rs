@@ -23,6 +23,7 @@ pub mod convert;
 mod error;
 pub mod estargz;
 pub mod layer;
+pub mod service;
 pub mod tar;
 pub mod toc;
 pub mod zstd_chunked;

@@ -31,3 +31,4 @@ mod offline;
 mod p2p;
 mod p2p_site;
 mod ranges;
+mod snapshotter;

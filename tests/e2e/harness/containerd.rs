@@ -31,6 +31,16 @@ const DISABLED_PLUGINS: &str = r#"["io.containerd.grpc.v1.cri", "io.containerd.s
 impl Containerd {
     /// Starts containerd and waits (20 s) until `ctr version` reaches it.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts containerd with ferry's snapshotter at `snapshotter_socket` as the proxy plugin
+    /// `ferry` (`--snapshotter ferry`).
+    pub async fn start_with_snapshotter(snapshotter_socket: &Path) -> Self {
+        Self::start_with(Some(snapshotter_socket)).await
+    }
+
+    async fn start_with(snapshotter_socket: Option<&Path>) -> Self {
         for (bin, package) in [("containerd", "containerd"), ("ctr", "containerd"), ("runc", "runc")] {
             require_binary(bin, package);
         }
@@ -50,6 +60,10 @@ impl Containerd {
             debug = d.join("debug.sock").display(),
             opt = d.join("opt").display(),
         );
+        let config = match snapshotter_socket {
+            Some(sock) => format!("{config}[proxy_plugins.ferry]\n  type = \"snapshot\"\n  address = \"{}\"\n", sock.display()),
+            None => config,
+        };
         let config_path = d.join("config.toml");
         std::fs::write(&config_path, config).expect("write containerd config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("create containerd log");
@@ -70,6 +84,11 @@ impl Containerd {
         containerd
     }
 
+    /// containerd's socket, for `ctr --address`.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// Runs `ctr --address SOCK ARGS...` with a timeout.
     pub fn ctr(&self, args: &[&str], timeout: Duration) -> CmdOutput {
         run_cmd(Command::new("ctr").arg("--address").arg(&self.socket).args(args), timeout)
@@ -88,8 +107,18 @@ impl Containerd {
 
     /// `ctr image pull --hosts-dir CERTS_D IMAGE`; Err carries ctr's output.
     pub fn pull(&self, image: &str) -> Result<String, String> {
+        self.pull_with(image, None)
+    }
+
+    /// `ctr image pull [--snapshotter S] --hosts-dir CERTS_D IMAGE`.
+    pub fn pull_with(&self, image: &str, snapshotter: Option<&str>) -> Result<String, String> {
         let hosts_dir = self.hosts_dir.to_string_lossy().to_string();
-        let out = self.ctr(&["image", "pull", "--hosts-dir", &hosts_dir, image], Duration::from_secs(120));
+        let mut args = vec!["image", "pull", "--hosts-dir", &hosts_dir];
+        if let Some(s) = snapshotter {
+            args.extend(["--snapshotter", s]);
+        }
+        args.push(image);
+        let out = self.ctr(&args, Duration::from_secs(120));
         if out.success {
             Ok(out.stdout)
         } else {
@@ -99,7 +128,16 @@ impl Containerd {
 
     /// `ctr run --rm IMAGE ID CMD...`; returns the container's stdout.
     pub fn run(&self, image: &str, id: &str, cmd: &[&str]) -> Result<String, String> {
-        let mut args = vec!["run", "--rm", image, id];
+        self.run_with(image, id, cmd, None)
+    }
+
+    /// `ctr run --rm [--snapshotter S] IMAGE ID CMD...`.
+    pub fn run_with(&self, image: &str, id: &str, cmd: &[&str], snapshotter: Option<&str>) -> Result<String, String> {
+        let mut args = vec!["run", "--rm"];
+        if let Some(s) = snapshotter {
+            args.extend(["--snapshotter", s]);
+        }
+        args.extend([image, id]);
         args.extend_from_slice(cmd);
         let out = self.ctr(&args, Duration::from_secs(60));
         if out.success {

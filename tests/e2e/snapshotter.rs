@@ -1,0 +1,136 @@
+//! ferry's snapshotter as containerd's `[proxy_plugins.ferry]` (sandboxed containerd 1.6 and
+//! runc): an image pulled with `--snapshotter ferry` is unpacked into ferry's snapshots and runs;
+//! the snapshots survive a kill -9 of the node (metadata on disk) and the image runs again; image
+//! removal and containerd's garbage collection remove them through the API.
+
+use std::time::Duration;
+
+use crate::harness::containerd::Containerd;
+use crate::harness::ferry::{FerryNode, FerryOptions};
+use crate::harness::image::{build_busybox, push};
+use crate::harness::registry::Registry;
+use crate::harness::temp_dir;
+
+const IMAGE: &str = "registry.local/test/snap:latest";
+
+fn try_snapshot_names(containerd: &Containerd) -> Result<Vec<String>, String> {
+    let out = containerd.ctr(&["snapshot", "--snapshotter", "ferry", "ls"], Duration::from_secs(20));
+    if !out.success {
+        return Err(out.stderr);
+    }
+    Ok(out.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+}
+
+fn snapshot_names(containerd: &Containerd) -> Vec<String> {
+    try_snapshot_names(containerd).unwrap_or_else(|e| panic!("ctr snapshot ls: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_unpacks_and_runs_images_on_ferry_snapshots_across_a_restart() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("snapshotter");
+    let image = build_busybox(work.path(), "unpacked by ferry");
+    push(&image, &registry, "test/snap:latest");
+    let socket = work.path().join("snapshotter.sock");
+    let mut options = FerryOptions::upstream("registry.local", &registry.url());
+    options.extra_args = vec!["--snapshotter-socket".into(), socket.display().to_string()];
+    let mut ferry = FerryNode::start(options).await;
+    let containerd = Containerd::start_with_snapshotter(&socket).await;
+    containerd.use_mirror("registry.local", &ferry.url());
+
+    containerd.pull_with(IMAGE, Some("ferry")).unwrap_or_else(|e| panic!("{e}\n{}", ferry.log()));
+    let committed = snapshot_names(&containerd);
+    assert_eq!(committed.len(), image.layers.len(), "one committed snapshot per layer: {committed:?}");
+    let run = |id: &str| containerd.run_with(IMAGE, id, &["/bin/busybox", "cat", "/etc/ferry-e2e"], Some("ferry"));
+    assert_eq!(run("snap-1").unwrap_or_else(|e| panic!("{e}\n{}", containerd.log())).trim(), "unpacked by ferry");
+    let written =
+        containerd.run_with(IMAGE, "snap-2", &["/bin/sh", "-c", "echo changed > /etc/ferry-e2e && cat /etc/ferry-e2e"], Some("ferry"));
+    assert_eq!(written.unwrap_or_else(|e| panic!("{e}")).trim(), "changed", "the container's layer is writable");
+    assert_eq!(run("snap-3").unwrap_or_else(|e| panic!("{e}")).trim(), "unpacked by ferry", "a new container starts from the image");
+    let store_snapshots = ferry.store().join("snapshotter/snapshots");
+    assert!(store_snapshots.is_dir(), "snapshots live in the store folder");
+
+    // A container running across the restart keeps its files: its mounts are the kernel's.
+    let mut sleeper = std::process::Command::new("ctr");
+    sleeper.arg("--address").arg(containerd.socket()).args(["run", "--rm", "--snapshotter", "ferry", IMAGE, "snap-long", "/bin/sh", "-c"]);
+    sleeper.arg("sleep 3; cat /etc/ferry-e2e").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let sleeper = sleeper.spawn().expect("spawn ctr run");
+    std::thread::sleep(Duration::from_millis(1500));
+    let restarted = std::time::Instant::now();
+    ferry.restart().await;
+    // containerd's gRPC connection to the snapshotter comes back on its own retry schedule.
+    let names = loop {
+        match try_snapshot_names(&containerd) {
+            Ok(names) => break names,
+            Err(e) if restarted.elapsed() < Duration::from_secs(30) && e.contains("connection refused") => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("ctr snapshot ls after the restart: {e}"),
+        }
+    };
+    eprintln!("containerd reached the restarted snapshotter after {:?}", restarted.elapsed());
+    let mut expected = committed.clone();
+    expected.push("snap-long".into());
+    assert_eq!(names, expected, "the snapshots (and the running container's) survived a kill -9 of the node");
+    let sleeper = sleeper.wait_with_output().expect("ctr run");
+    assert_eq!(String::from_utf8_lossy(&sleeper.stdout).trim(), "unpacked by ferry", "the running container: {sleeper:?}");
+    assert_eq!(run("snap-4").unwrap_or_else(|e| panic!("after restart: {e}\n{}", ferry.log())).trim(), "unpacked by ferry");
+
+    containerd.remove_image(IMAGE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !snapshot_names(&containerd).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "containerd's GC left snapshots: {:?}", snapshot_names(&containerd));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = std::fs::read_dir(&store_snapshots).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "snapshot files were left behind");
+}
+
+/// The Snapshots API through containerd's own client (`ctr snapshot`): containerd's error kinds
+/// come back for bad requests, labels and usage work, and nothing is left after removal.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshots_api_answers_containerd_with_its_own_error_kinds() {
+    let work = temp_dir("snapshot-api");
+    let socket = work.path().join("snapshotter.sock");
+    let mut options = FerryOptions::upstream("registry.local", "http://127.0.0.1:9");
+    options.extra_args = vec!["--snapshotter-socket".into(), socket.display().to_string()];
+    let ferry = FerryNode::start(options).await;
+    let containerd = Containerd::start_with_snapshotter(&socket).await;
+    let snap = |args: &[&str]| {
+        let mut all = vec!["snapshot", "--snapshotter", "ferry"];
+        all.extend_from_slice(args);
+        containerd.ctr(&all, Duration::from_secs(20))
+    };
+    let ok = |args: &[&str]| {
+        let out = snap(args);
+        assert!(out.success, "ctr snapshot {args:?}: {}\n{}", out.stderr, ferry.log());
+        out.stdout
+    };
+    let fails = |args: &[&str], expect: &str| {
+        let out = snap(args);
+        assert!(!out.success && out.stderr.contains(expect), "ctr snapshot {args:?} should fail with {expect:?}: {out:?}");
+    };
+    ok(&["prepare", "base-work"]);
+    let mounts = ok(&["mounts", "/mnt", "base-work"]);
+    assert!(mounts.contains("bind") && mounts.contains("rw"), "a first layer is a writable bind mount: {mounts}");
+    ok(&["commit", "base", "base-work"]);
+    ok(&["prepare", "top-work", "base"]);
+    let mounts = ok(&["mounts", "/mnt", "top-work"]);
+    assert!(mounts.contains("overlay") && mounts.contains("lowerdir="), "a child is an overlay: {mounts}");
+    fails(&["prepare", "orphan", "no-such-parent"], "not found");
+    fails(&["prepare", "base-child", "top-work"], "not a committed snapshot");
+    fails(&["commit", "base", "top-work"], "already exists");
+    fails(&["rm", "base"], "failed precondition");
+    ok(&["label", "base", "team=ml"]);
+    assert!(ok(&["info", "base"]).contains("\"team\": \"ml\""), "the label stuck");
+    let usage = ok(&["usage", "base"]);
+    assert!(usage.contains("base"), "{usage}");
+    ok(&["view", "top-view", "base"]);
+    assert!(ok(&["mounts", "/mnt", "top-view"]).contains("ro"), "a view is read-only");
+    for key in ["top-view", "top-work", "base"] {
+        ok(&["rm", key]);
+    }
+    assert_eq!(ok(&["ls"]).lines().count(), 1, "only the header is left");
+    let left = std::fs::read_dir(ferry.store().join("snapshotter/snapshots")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "snapshot files were left behind");
+}
