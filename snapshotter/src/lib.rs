@@ -1,15 +1,17 @@
 //! # snapshotter: everything containerd- and FUSE-specific
 //!
-//! Built so far: the lazy layer formats.
+//! Built so far: the lazy layer formats and the Snapshots service.
 //! - [`toc`]: the table of contents both formats share, validated once into a [`toc::Toc`] whose
 //!   names are safe and whose chunks are contiguous, digested and inside the blob;
 //! - [`tar`]: a streaming tar reader that keeps each entry's raw header bytes;
 //! - [`zstd_chunked`]: writer and reader of zstd:chunked layers;
 //! - [`estargz`]: reader (and a writer for tests) of eStargz layers;
-//! - [`layer`]: opens either format from a [`blob::ReadAt`] and reads verified chunks.
+//! - [`layer`]: opens either format from a [`blob::ReadAt`] and reads verified chunks;
+//! - [`service`]: containerd's Snapshots API (a `proxy_plugins` snapshotter) with bind and
+//!   overlayfs mounts and metadata that survives restarts.
 //!
-//! Planned: the containerd Snapshots gRPC service, overlay mounts, the FUSE layer filesystem
-//! built from a [`toc::Toc`], prefetch.
+//! Planned: lazy layers mounted through the FUSE layer filesystem built from a [`toc::Toc`],
+//! prefetch.
 //!
 //! Data flow: blob bytes → footer → TOC (checked against the digest the image manifest
 //! annotates) → entries → chunk byte ranges → decompressed, verified chunk bytes.
