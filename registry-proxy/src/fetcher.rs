@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::buffers::{Pool, CHUNK};
+use crate::failures::Failures;
 use crate::fill::Fill;
 use crate::metrics::Metrics;
 use crate::names::Repo;
@@ -40,8 +41,6 @@ use crate::Error;
 
 /// Chunks a reader may run ahead of its client.
 const READ_AHEAD: usize = 2;
-/// How long a digest mismatch from the origin is remembered (answered 502 without refetching).
-const BAD_DIGEST_MEMORY: Duration = Duration::from_secs(30);
 
 /// Where an opened blob's bytes are.
 pub enum Source {
@@ -60,40 +59,6 @@ pub struct OpenBlob {
     name: Repo,
     /// Pieces present when the blob was opened: bytes from them count as served from cache.
     present_at_open: Option<Bitmap>,
-}
-
-struct Failure {
-    at: Instant,
-    reason: String,
-    bad_digest: bool,
-}
-
-/// Recent failed fetches per digest, so that waiters fail together instead of retrying in turn,
-/// and a digest mismatch is answered at once for a while. Entries older than anyone could still
-/// be waiting are dropped as new ones come.
-#[derive(Default)]
-struct Failures(Mutex<HashMap<Digest, Failure>>);
-
-/// How long a failure is kept at all.
-const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(600);
-
-impl Failures {
-    fn record(&self, d: Digest, e: &Error) {
-        let bad_digest = matches!(e, Error::Store(p2p_node::Error::DigestMismatch { .. }));
-        let mut map = lock(&self.0);
-        map.retain(|_, f| f.at.elapsed() < FORGET_FAILURES_AFTER);
-        map.insert(d, Failure { at: Instant::now(), reason: e.to_string(), bad_digest });
-    }
-
-    /// Why the last fetch of `d` failed, if it failed after `since`.
-    fn since(&self, d: &Digest, since: Instant) -> Option<String> {
-        lock(&self.0).get(d).filter(|f| f.at >= since).map(|f| f.reason.clone())
-    }
-
-    /// The digest mismatch the origin gave for `d` within the last [`BAD_DIGEST_MEMORY`].
-    fn bad_digest(&self, d: &Digest) -> Option<String> {
-        lock(&self.0).get(d).filter(|f| f.bad_digest && f.at.elapsed() < BAD_DIGEST_MEMORY).map(|f| f.reason.clone())
-    }
 }
 
 pub struct Fetcher {

@@ -18,6 +18,7 @@
 pub mod admin;
 mod buffers;
 mod error;
+mod failures;
 pub mod fetcher;
 mod fill;
 pub mod manifests;

@@ -14,6 +14,7 @@
 mod event_loop;
 mod limits;
 pub mod protocol;
+mod serve;
 pub mod site;
 
 pub use limits::{PeerTraffic, Traffic};
