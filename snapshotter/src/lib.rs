@@ -24,6 +24,7 @@ pub mod blob;
 pub mod convert;
 mod error;
 pub mod estargz;
+pub mod fuse;
 pub mod layer;
 pub mod service;
 pub mod tar;

@@ -1,0 +1,239 @@
+//! The FUSE filesystem of one lazy layer: read-only, built from the TOC's [`Tree`]. A read maps to
+//! the chunks it covers; each chunk comes from the on-disk cache or from the blob (fetched,
+//! decompressed and verified against its digest before any byte of it is returned, then cached).
+//! Reads that must fetch run on their own thread, so one slow chunk does not hold up the others;
+//! a chunk that cannot be had is EIO, logged and counted. The kernel keeps the page cache
+//! (`FOPEN_KEEP_CACHE`, long attribute and entry timeouts): the layer never changes.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request};
+
+use super::cache::ChunkCache;
+use super::tree::{xattr_list, NodeKind, Tree};
+use crate::blob::ReadAt;
+use crate::layer::LazyLayer;
+use crate::toc::Entry;
+
+/// The layer is immutable: the kernel may keep names and attributes this long.
+const TTL: Duration = Duration::from_secs(3600);
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What a mounted layer did, for metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub chunks_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub read_errors: AtomicU64,
+}
+
+pub struct LayerFs {
+    tree: Tree,
+    layer: Arc<LazyLayer>,
+    blob: Arc<dyn ReadAt>,
+    cache: Arc<ChunkCache>,
+    pub stats: Arc<Stats>,
+}
+
+impl LayerFs {
+    pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf) -> std::io::Result<LayerFs> {
+        let tree = Tree::build(&layer.toc);
+        Ok(LayerFs { tree, layer, blob, cache: Arc::new(ChunkCache::open(cache_dir)?), stats: Arc::default() })
+    }
+
+    fn entry(&self, ino: u64) -> Option<&Entry> {
+        self.tree.get(ino)?.entry.map(|i| &self.layer.toc.entries[i])
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let node = self.tree.get(ino)?;
+        let e = self.entry(ino);
+        let (kind, size, rdev) = match node.kind {
+            NodeKind::Dir => (FileType::Directory, 4096, 0),
+            NodeKind::Reg => (FileType::RegularFile, e.map_or(0, |e| e.size), 0),
+            NodeKind::Symlink => (FileType::Symlink, e.map_or(0, |e| e.link_name.len() as u64), 0),
+            NodeKind::Char => (FileType::CharDevice, 0, e.map_or(0, |e| makedev(e.dev_major, e.dev_minor))),
+            NodeKind::Block => (FileType::BlockDevice, 0, e.map_or(0, |e| makedev(e.dev_major, e.dev_minor))),
+            NodeKind::Fifo => (FileType::NamedPipe, 0, 0),
+            NodeKind::Whiteout => (FileType::CharDevice, 0, 0),
+        };
+        let mtime = e.map_or(UNIX_EPOCH, |e| {
+            let t = &e.mtime;
+            if t.secs >= 0 {
+                UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            }
+        });
+        let perm = match (node.kind, e) {
+            (NodeKind::Whiteout, _) => 0,
+            (_, Some(e)) => (e.mode & 0o7777) as u16,
+            (_, None) => 0o755,
+        };
+        Some(FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink: node.nlink,
+            uid: e.map_or(0, |e| e.uid),
+            gid: e.map_or(0, |e| e.gid),
+            rdev,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+fn makedev(major: u32, minor: u32) -> u32 {
+    // The kernel's old encoding, which FUSE's 32-bit rdev carries.
+    ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & !0xff) << 12)
+}
+
+/// Reads `size` bytes at `offset` of `entry` from its verified chunks.
+fn read_range(
+    entry: &Entry,
+    offset: u64,
+    size: u32,
+    layer: &LazyLayer,
+    blob: &dyn ReadAt,
+    cache: &ChunkCache,
+    stats: &Stats,
+) -> Result<Vec<u8>, String> {
+    let end = (offset + u64::from(size)).min(entry.size);
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for chunk in entry.chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > offset) {
+        let data = match cache.get(&chunk.digest) {
+            Some(d) => d,
+            None => {
+                let d = layer.read_chunk(blob, chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
+                stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
+                cache.put(&chunk.digest, &d);
+                d
+            }
+        };
+        let from = offset.max(chunk.file_offset) - chunk.file_offset;
+        let to = end.min(chunk.file_offset + chunk.size) - chunk.file_offset;
+        out.extend_from_slice(&data[from as usize..to as usize]);
+    }
+    if out.len() as u64 != end - offset {
+        return Err(format!("the chunks of {} do not cover bytes {offset}..{end}", entry.name));
+    }
+    Ok(out)
+}
+
+impl Filesystem for LayerFs {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        match self.tree.lookup(parent, name).and_then(|ino| self.attr(ino)) {
+            Some(attr) => reply.entry(&TTL, &attr, 0),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.entry(ino) {
+            Some(e) if self.tree.node(ino).kind == NodeKind::Symlink => reply.data(e.link_name.as_bytes()),
+            _ => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        match self.tree.get(ino) {
+            Some(n) if n.kind == NodeKind::Reg => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(libc::EINVAL),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn read(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+        let Some(entry) = self.entry(ino).cloned() else { return reply.error(libc::ENOENT) };
+        let (layer, blob, cache, stats) = (self.layer.clone(), self.blob.clone(), self.cache.clone(), self.stats.clone());
+        let offset = offset.max(0) as u64;
+        let work = move || match read_range(&entry, offset, size, &layer, blob.as_ref(), &cache, &stats) {
+            Ok(data) => reply.data(&data),
+            Err(why) => {
+                stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %entry.name, offset, size, %why, "lazy read failed: EIO");
+                reply.error(libc::EIO);
+            }
+        };
+        let cached = self.entry(ino).is_some_and(|e| {
+            e.chunks
+                .iter()
+                .filter(|c| c.file_offset < offset + u64::from(size) && c.file_offset + c.size > offset)
+                .all(|c| self.cache.has(&c.digest))
+        });
+        if cached {
+            work();
+        } else {
+            std::thread::spawn(work);
+        }
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let Some(node) = self.tree.get(ino) else { return reply.error(libc::ENOENT) };
+        if node.kind != NodeKind::Dir {
+            return reply.error(libc::ENOTDIR);
+        }
+        let dots = [(ino, FileType::Directory, OsStr::new(".")), (node.parent, FileType::Directory, OsStr::new(".."))];
+        let children = node.children.iter().map(|(name, &child)| {
+            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
+            (child, kind, name.as_os_str())
+        });
+        for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset.max(0) as usize) {
+            if reply.add(child, (i + 1) as i64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(node) = self.tree.get(ino) else { return reply.error(libc::ENOENT) };
+        let value: Option<Vec<u8>> = if node.opaque && name == OPAQUE_XATTR {
+            Some(b"y".to_vec())
+        } else {
+            self.entry(ino).and_then(|e| e.xattrs.get(name.to_str()?).cloned())
+        };
+        match value {
+            None => reply.error(libc::ENODATA),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if v.len() > size as usize => reply.error(libc::ERANGE),
+            Some(v) => reply.data(&v),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let Some(node) = self.tree.get(ino) else { return reply.error(libc::ENOENT) };
+        let opaque = node.opaque.then_some(OPAQUE_XATTR);
+        let names = xattr_list(opaque.into_iter().chain(self.entry(ino).into_iter().flat_map(|e| e.xattrs.keys().map(String::as_str))));
+        match size {
+            0 => reply.size(names.len() as u32),
+            s if names.len() > s as usize => reply.error(libc::ERANGE),
+            _ => reply.data(&names),
+        }
+    }
+}
