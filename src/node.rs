@@ -41,10 +41,13 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     };
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let mirror_addr = registry.local_addr()?;
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
     let snapshotter = match &s.snapshotter_socket {
         Some(socket) => {
-            let bound = snapshotter::service::bind(&s.store_path.join("snapshotter"), socket).context("starting the snapshotter")?;
+            let source = snapshotter::service::remote::Source { store: store.clone(), mirror: mirror_addr };
+            let root = s.store_path.join("snapshotter");
+            let bound = snapshotter::service::bind(&root, socket, Some(source)).context("starting the snapshotter")?;
             Some(tokio::spawn(bound.serve(cancel.clone())))
         }
         None => None,

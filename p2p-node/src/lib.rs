@@ -17,6 +17,7 @@
 
 pub mod digest;
 mod error;
+pub mod layers;
 pub mod store;
 pub mod swarm;
 

@@ -103,6 +103,11 @@ impl Fetcher {
         }
     }
 
+    /// The store blobs are kept in.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
     /// Whether this node takes part in a swarm.
     pub fn has_peers(&self) -> bool {
         self.swarm.is_some()

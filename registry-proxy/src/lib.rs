@@ -21,6 +21,7 @@ mod error;
 mod failures;
 pub mod fetcher;
 mod fill;
+mod layer_index;
 pub mod manifests;
 pub mod metrics;
 pub mod mirror;
@@ -85,7 +86,7 @@ pub async fn run(
         },
         swarm,
     });
-    let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics });
+    let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics, index_layers: settings.index_layers });
     if let Some(orders) = orders {
         tasks.spawn(mirror.clone().carry_out(orders, cancel.clone()));
     }

@@ -23,6 +23,8 @@ pub struct Mirror {
     pub fetcher: Arc<Fetcher>,
     pub manifests: Manifests,
     pub metrics: Arc<Metrics>,
+    /// Index image layers for the snapshotter (see `layer_index`).
+    pub index_layers: bool,
 }
 
 impl Mirror {
@@ -85,6 +87,11 @@ impl Mirror {
             }
             (result, _) => result?,
         };
+        if self.index_layers {
+            if let Err(e) = crate::layer_index::index(&self.fetcher, &up, name, &m.bytes).await {
+                tracing::info!(%name, manifest = %m.digest, error = %e, "cannot index the image's layers for the snapshotter");
+            }
+        }
         let b = base_response(StatusCode::OK)
             .header(header::CONTENT_TYPE, header_value(&m.media_type))
             .header(header::CONTENT_LENGTH, m.bytes.len())

@@ -134,3 +134,104 @@ async fn the_snapshots_api_answers_containerd_with_its_own_error_kinds() {
     let left = std::fs::read_dir(ferry.store().join("snapshotter/snapshots")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "snapshot files were left behind");
 }
+
+/// A zstd:chunked layer (from `ferry convert`) whose image went through the node's mirror is
+/// prepared the way containerd's unpacker does it for remote snapshotters (with the
+/// `containerd.io/snapshot.ref` label): ferry answers "already exists" and the committed snapshot
+/// is a FUSE mount of the layer, read through the mirror, whose files are right; after a kill -9
+/// of the node it is mounted again; removing the snapshot unmounts it. Without the label (as
+/// `ctr image pull` unpacks in 1.6) the layer is unpacked the ordinary way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lazy_layer_is_mounted_through_fuse_instead_of_unpacked() {
+    use snapshotter::service::api::snapshots as pb;
+    let registry = Registry::plain().await;
+    let work = temp_dir("snapshotter-lazy");
+    let image = build_busybox(work.path(), "lazy busybox");
+    push(&image, &registry, "test/lazy:src");
+    let src = format!("{}/test/lazy:src", registry.host_port());
+    let dst = format!("{}/test/lazy:chunked", registry.host_port());
+    let out = crate::harness::run_cmd(
+        std::process::Command::new(crate::harness::ferry::FERRY_BIN).args(["convert", &src, &dst]),
+        Duration::from_secs(120),
+    );
+    assert!(out.success, "ferry convert: {}\n{}", out.stdout, out.stderr);
+
+    let socket = work.path().join("snapshotter.sock");
+    let mut options = FerryOptions::upstream("registry.local", &registry.url());
+    options.extra_args = vec!["--snapshotter-socket".into(), socket.display().to_string()];
+    let mut ferry = FerryNode::start(options).await;
+    // The mirror indexes the image's layers when it serves the manifest.
+    let client = reqwest::Client::new();
+    let manifest: serde_json::Value = client
+        .get(format!("{}/v2/test/lazy/manifests/chunked?ns=registry.local", ferry.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("manifest")
+        .json()
+        .await
+        .expect("manifest JSON");
+    let config_digest = manifest["config"]["digest"].as_str().expect("config").to_string();
+    let config: serde_json::Value = client
+        .get(format!("{}/v2/test/lazy/blobs/{config_digest}?ns=registry.local", ferry.url()))
+        .send()
+        .await
+        .expect("config")
+        .json()
+        .await
+        .expect("config JSON");
+    let chain_id = config["rootfs"]["diff_ids"][0].as_str().expect("diff id").to_string(); // one layer: chain ID = diff ID
+
+    let mut api = snapshotter::service::connect(&socket).await.expect("connect");
+    let plain = api.prepare(pb::PrepareSnapshotRequest { key: "plain".into(), ..Default::default() }).await.expect("a plain prepare");
+    assert_eq!(plain.into_inner().mounts[0].r#type, "bind", "no label: an ordinary snapshot to unpack into");
+    let labels = [("containerd.io/snapshot.ref".to_string(), chain_id.clone())].into_iter().collect();
+    let err = api
+        .prepare(pb::PrepareSnapshotRequest { key: "extract-1 x".into(), labels, ..Default::default() })
+        .await
+        .expect_err("already exists");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}\n{}", ferry.log());
+    let info = api
+        .stat(pb::StatSnapshotRequest { key: chain_id.clone(), ..Default::default() })
+        .await
+        .expect("stat")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(info.kind, pb::Kind::Committed as i32);
+    let view = api
+        .view(pb::ViewSnapshotRequest { key: "v".into(), parent: chain_id.clone(), ..Default::default() })
+        .await
+        .expect("view")
+        .into_inner();
+    let fs = std::path::PathBuf::from(&view.mounts[0].source);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mountinfo.lines().any(|l| l.contains(&fs.display().to_string()) && l.contains(" - fuse")),
+        "{} is not a FUSE mount:\n{mountinfo}",
+        fs.display()
+    );
+    assert_eq!(std::fs::read_to_string(fs.join("etc/ferry-e2e")).expect("read through FUSE").trim(), "lazy busybox");
+    assert!(fs.join("bin/busybox").metadata().expect("busybox").len() > 100_000);
+
+    ferry.restart().await;
+    let read_again = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match std::fs::read_to_string(fs.join("etc/ferry-e2e")) {
+                Ok(text) => break text,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("the lazy layer was not mounted again: {e}\n{}", ferry.log()),
+            }
+        }
+    };
+    assert_eq!(read_again.trim(), "lazy busybox");
+    let mut api = snapshotter::service::connect(&socket).await.expect("connect again");
+    api.remove(pb::RemoveSnapshotRequest { key: "v".into(), ..Default::default() }).await.expect("remove view");
+    api.remove(pb::RemoveSnapshotRequest { key: chain_id.clone(), ..Default::default() }).await.expect("remove lazy");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mountinfo.lines().any(|l| l.contains(&fs.display().to_string())), "the FUSE mount outlived its snapshot");
+}

@@ -82,7 +82,7 @@ fn pb_info(i: Info) -> pb::Info {
 impl SnapshotsApi for Service {
     async fn prepare(&self, req: Request<pb::PrepareSnapshotRequest>) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
-        tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
+        tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
         let mounts =
             blocking(&self.snapshots, move |s| s.prepare(&r.key, parent(r.parent).as_deref(), labels(r.labels), Kind::Active)).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse { mounts: pb_mounts(mounts) }))
@@ -160,10 +160,10 @@ pub struct Bound {
     socket: PathBuf,
 }
 
-/// Opens the snapshots under `root` and binds the unix socket `socket` (a stale socket file left
+/// Opens the snapshots under `root` (lazy layers from `source`) and binds the unix socket `socket` (a stale socket file left
 /// by a killed node is replaced), so that errors show before the node reports itself ready.
-pub fn bind(root: &Path, socket: &Path) -> Result<Bound, Error> {
-    let snapshots = Snapshots::open(root)
+pub fn bind(root: &Path, socket: &Path, source: Option<super::remote::Source>) -> Result<Bound, Error> {
+    let snapshots = Snapshots::open(root, source)
         .map_err(|e| Error::io(format!("opening snapshots at {}", root.display()), std::io::Error::other(e.to_string())))?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -177,6 +177,8 @@ pub fn bind(root: &Path, socket: &Path) -> Result<Bound, Error> {
 impl Bound {
     /// Serves the Snapshots API until `cancel`; removes the socket file at the end.
     pub async fn serve(self, cancel: CancellationToken) -> Result<(), Error> {
+        let s = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || s.remount());
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(self.listener);
         let result = tonic::transport::Server::builder()
             .add_service(SnapshotsServer::new(Service { snapshots: self.snapshots }))

@@ -21,6 +21,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::mounts::{self, Mount};
+use super::remote::Source;
+use crate::fuse::Mounted;
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,9 @@ struct Record {
     /// Measured at commit; active snapshots are measured when asked.
     #[serde(default)]
     usage: Option<Usage>,
+    /// A lazy layer: `fs` is its FUSE mount.
+    #[serde(default)]
+    remote: Option<p2p_node::layers::LayerRecord>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -84,6 +89,10 @@ pub enum MetaError {
 pub struct Snapshots {
     root: PathBuf,
     state: Mutex<State>,
+    /// Where lazy layers come from; `None`: every layer is unpacked by containerd.
+    source: Option<Source>,
+    /// The FUSE mounts of lazy layers, by snapshot id.
+    mounted: Mutex<std::collections::HashMap<u64, Mounted>>,
 }
 
 fn io(what: impl Into<String>, e: std::io::Error) -> MetaError {
@@ -91,8 +100,9 @@ fn io(what: impl Into<String>, e: std::io::Error) -> MetaError {
 }
 
 impl Snapshots {
-    /// Opens (or creates) the snapshot store at `root`.
-    pub fn open(root: &Path) -> Result<Snapshots, MetaError> {
+    /// Opens (or creates) the snapshot store at `root`; with a `source`, lazy layers are mounted
+    /// (again, after a restart) through FUSE.
+    pub fn open(root: &Path, source: Option<Source>) -> Result<Snapshots, MetaError> {
         fs::create_dir_all(root.join("snapshots")).map_err(|e| io(format!("creating {}", root.display()), e))?;
         let path = root.join("metadata.json");
         let state = match fs::read(&path) {
@@ -101,7 +111,72 @@ impl Snapshots {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io(format!("reading {}", path.display()), e)),
         };
-        Ok(Snapshots { root: root.to_path_buf(), state: Mutex::new(state) })
+        Ok(Snapshots { root: root.to_path_buf(), state: Mutex::new(state), source, mounted: Mutex::default() })
+    }
+
+    /// Mounts the lazy layers again (after a restart, their old FUSE mounts are dead). Blocking;
+    /// reads each layer's TOC through the mirror, so it runs once the mirror serves.
+    pub fn remount(&self) {
+        let Some(source) = &self.source else { return };
+        let state = self.lock();
+        for r in state.snapshots.values() {
+            let Some(layer) = &r.remote else { continue };
+            let dir = self.dir(r.id);
+            detach(&dir.join("fs"));
+            match source.mount(layer, &dir) {
+                Ok(m) => {
+                    self.mounted.lock().unwrap_or_else(|p| p.into_inner()).insert(r.id, m);
+                }
+                Err(e) => tracing::warn!(snapshot = %r.info.name, error = %e, "cannot mount a lazy layer again"),
+            }
+        }
+    }
+
+    /// For a layer that can be loaded lazily: creates the committed snapshot containerd would make
+    /// of it (see [`Source::layer_for`]) as a FUSE mount and returns `AlreadyExists`, so containerd
+    /// skips unpacking the layer. `None` when the
+    /// layer is not lazy or cannot be mounted (containerd then unpacks it).
+    fn prepare_remote(&self, parent: Option<&str>, labels: &BTreeMap<String, String>) -> Option<MetaError> {
+        let source = self.source.as_ref()?;
+        let (name, layer) = source.layer_for(labels)?;
+        let mut state = self.lock();
+        if state.snapshots.contains_key(&name) {
+            return Some(MetaError::AlreadyExists(name));
+        }
+        let id = state.next_id;
+        let dir = self.dir(id);
+        if let Err(e) = fs::create_dir_all(dir.join("fs")) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create a lazy snapshot; unpacking instead");
+            return None;
+        }
+        let mounted = match source.mount(&layer, &dir) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %e, "cannot mount the layer lazily; unpacking it instead");
+                let _ = fs::remove_dir_all(&dir);
+                return None;
+            }
+        };
+        let now = SystemTime::now();
+        let info = Info {
+            name: name.clone(),
+            parent: parent.map(str::to_string),
+            kind: Kind::Committed,
+            created: now,
+            updated: now,
+            labels: labels.clone(),
+        };
+        state.next_id += 1;
+        state.snapshots.insert(name.clone(), Record { id, info, usage: Some(Usage::default()), remote: Some(layer.clone()) });
+        if let Err(e) = self.save(&state) {
+            state.snapshots.remove(&name);
+            drop(mounted);
+            let _ = fs::remove_dir_all(&dir);
+            return Some(e);
+        }
+        self.mounted.lock().unwrap_or_else(|p| p.into_inner()).insert(id, mounted);
+        tracing::info!(snapshot = %name, layer = %layer.digest, "mounted a lazy layer");
+        Some(MetaError::AlreadyExists(name))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -157,6 +232,11 @@ impl Snapshots {
         if key.is_empty() {
             return Err(MetaError::InvalidArgument("a snapshot key must not be empty".into()));
         }
+        if kind == Kind::Active {
+            if let Some(answer) = self.prepare_remote(parent, &labels) {
+                return Err(answer);
+            }
+        }
         let mut state = self.lock();
         if state.snapshots.contains_key(key) {
             return Err(MetaError::AlreadyExists(key.to_string()));
@@ -179,7 +259,7 @@ impl Snapshots {
         let now = SystemTime::now();
         let info = Info { name: key.to_string(), parent: parent.map(str::to_string), kind, created: now, updated: now, labels };
         state.next_id += 1;
-        state.snapshots.insert(key.to_string(), Record { id, info, usage: None });
+        state.snapshots.insert(key.to_string(), Record { id, info, usage: None, remote: None });
         if let Err(e) = self.save(&state) {
             state.snapshots.remove(key);
             return Err(e);
@@ -240,6 +320,9 @@ impl Snapshots {
         }
         drop(state);
         let dir = self.dir(r.id);
+        if let Some(m) = self.mounted.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.id) {
+            drop(m); // unmounts
+        }
         if let Err(e) = fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a snapshot's files; cleanup will retry");
         }
@@ -315,6 +398,11 @@ impl Snapshots {
         }
         Ok(removed)
     }
+}
+
+/// Detaches whatever is mounted at `path` (a FUSE mount whose daemon died), ignoring errors.
+fn detach(path: &Path) {
+    let _ = std::process::Command::new("umount").arg("-l").arg(path).stderr(std::process::Stdio::null()).status();
 }
 
 /// Bytes (in 512-byte blocks actually used) and inodes under `dir`, not following links.

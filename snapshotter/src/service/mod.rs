@@ -2,7 +2,8 @@
 //! the snapshots and their metadata with containerd's semantics, [`mounts`] says how containerd
 //! mounts them (bind or overlayfs), `grpc` serves them, `filter` reads List filters.
 //!
-//! Today every layer is unpacked by containerd into an active snapshot (no lazy layers yet).
+//! Layers the mirror indexed and that are lazy (zstd:chunked, eStargz) are mounted through FUSE
+//! ([`remote`]); every other layer is unpacked by containerd into an active snapshot.
 
 /// The generated wire types and service, in modules that mirror the proto packages.
 #[allow(clippy::all, missing_docs)]
@@ -27,5 +28,21 @@ mod filter;
 mod grpc;
 pub mod meta;
 pub mod mounts;
+pub mod remote;
 
 pub use grpc::{bind, Bound};
+
+/// A client of the Snapshots API on the unix socket `socket` (what containerd's proxy speaks).
+pub async fn connect(
+    socket: &std::path::Path,
+) -> Result<api::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>, crate::Error> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://snapshotter")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .map_err(|e| crate::Error::io(format!("connecting to {}", socket.display()), std::io::Error::other(e.to_string())))?;
+    Ok(api::snapshots::snapshots_client::SnapshotsClient::new(channel))
+}

@@ -11,7 +11,7 @@ fn opts(m: &[Mount]) -> String {
 #[test]
 fn layers_commit_into_a_chain_that_containers_mount_as_an_overlay() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Snapshots::open(dir.path()).expect("open");
+    let s = Snapshots::open(dir.path(), None).expect("open");
     let m = s.prepare("extract-1", None, BTreeMap::new(), Kind::Active).expect("prepare");
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].kind, "bind", "a first layer is unpacked into a plain dir: {}", opts(&m));
@@ -38,7 +38,7 @@ fn layers_commit_into_a_chain_that_containers_mount_as_an_overlay() {
 #[test]
 fn containerd_errors_come_out_as_their_kinds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Snapshots::open(dir.path()).expect("open");
+    let s = Snapshots::open(dir.path(), None).expect("open");
     s.prepare("a", None, BTreeMap::new(), Kind::Active).expect("prepare");
     assert!(matches!(s.prepare("a", None, BTreeMap::new(), Kind::Active), Err(MetaError::AlreadyExists(_))));
     assert!(matches!(s.prepare("b", Some("nope"), BTreeMap::new(), Kind::Active), Err(MetaError::NotFound(_))));
@@ -60,7 +60,7 @@ fn containerd_errors_come_out_as_their_kinds() {
 fn metadata_survives_a_restart_and_cleanup_removes_orphans() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = Snapshots::open(dir.path()).expect("open");
+        let s = Snapshots::open(dir.path(), None).expect("open");
         s.prepare("a", None, labels(&[("k", "v")]), Kind::Active).expect("prepare");
         s.commit("base", "a", BTreeMap::new()).expect("commit");
         s.prepare("work", Some("base"), BTreeMap::new(), Kind::Active).expect("prepare");
@@ -72,7 +72,7 @@ fn metadata_survives_a_restart_and_cleanup_removes_orphans() {
         assert!(matches!(s.update(updated, &["parent".to_string()]), Err(MetaError::InvalidArgument(_))));
     }
     std::fs::create_dir_all(dir.path().join("snapshots/99/fs")).expect("an orphan");
-    let s = Snapshots::open(dir.path()).expect("reopen");
+    let s = Snapshots::open(dir.path(), None).expect("reopen");
     let names: Vec<String> = s.list().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["base", "work"]);
     assert_eq!(s.stat("work").expect("stat").parent.as_deref(), Some("base"));
@@ -86,6 +86,6 @@ fn metadata_survives_a_restart_and_cleanup_removes_orphans() {
 fn damaged_metadata_is_an_error_not_an_empty_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("metadata.json"), b"{not json").expect("write");
-    let err = Snapshots::open(dir.path()).err().expect("refused");
+    let err = Snapshots::open(dir.path(), None).err().expect("refused");
     assert!(err.to_string().contains("metadata"), "{err}");
 }

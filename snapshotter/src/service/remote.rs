@@ -1,0 +1,109 @@
+//! Remote (lazy) layers: when containerd prepares the snapshot of a layer whose blob the mirror
+//! indexed (`p2p_node::layers`) and whose annotations make it lazy (zstd:chunked or eStargz), the
+//! snapshot is created committed at once, its files a FUSE mount of the layer, and containerd is
+//! told it already exists — so it neither downloads nor unpacks that layer. Bytes are read with
+//! Range requests from the node's own mirror, so they come from its store, its peers or the
+//! origin like any other blob. Any failure (no record, not lazy, a TOC that fails validation)
+//! falls back to containerd's normal unpack, and says why in the log.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_node::layers::LayerRecord;
+use p2p_node::store::Store;
+use p2p_node::Digest;
+
+use crate::blob::ReadAt;
+use crate::fuse::{self, Mounted};
+use crate::layer::LazyLayer;
+use crate::Error;
+
+/// The label containerd puts on a layer's Prepare: the name the snapshot will be committed as.
+pub const TARGET_LABEL: &str = "containerd.io/snapshot.ref";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where lazy layers' bytes come from.
+#[derive(Clone)]
+pub struct Source {
+    pub store: Store,
+    /// The node's mirror (`--registry-listen`).
+    pub mirror: SocketAddr,
+}
+
+impl Source {
+    /// The lazy layer behind the snapshot containerd is preparing, if there is one, and the name
+    /// to commit it as: the `containerd.io/snapshot.ref` label, which pulls that unpack as they
+    /// fetch set (CRI's). Without it containerd would not accept the snapshot as already there
+    /// (`ctr image pull` in 1.6 fetches everything, then unpacks without the label): unpack.
+    pub fn layer_for(&self, labels: &BTreeMap<String, String>) -> Option<(String, LayerRecord)> {
+        let target = labels.get(TARGET_LABEL)?.clone();
+        let chain_id: Digest = target.parse().ok()?;
+        let record = p2p_node::layers::lookup(&self.store, &chain_id)?;
+        let lazy = record
+            .annotations
+            .keys()
+            .any(|k| k.starts_with("io.github.containers.zstd-chunked.") || k == crate::estargz::TOC_DIGEST_ANNOTATION);
+        lazy.then_some((target, record))
+    }
+
+    /// Opens the layer (its TOC, verified against the annotation) and mounts it at `dir/fs`.
+    pub fn mount(&self, record: &LayerRecord, dir: &Path) -> Result<Mounted, Error> {
+        let blob: Arc<dyn ReadAt> = Arc::new(MirrorBlob { mirror: self.mirror, record: record.clone() });
+        let layer =
+            LazyLayer::open(blob.as_ref(), &record.annotations)?.ok_or_else(|| Error::NotLazy(format!("layer {}", record.digest)))?;
+        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"))
+    }
+}
+
+/// A layer blob read with Range requests from the node's own mirror.
+struct MirrorBlob {
+    mirror: SocketAddr,
+    record: LayerRecord,
+}
+
+impl ReadAt for MirrorBlob {
+    fn size(&self) -> u64 {
+        self.record.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = &self.record;
+        let end = offset + buf.len() as u64 - 1;
+        let mut stream = TcpStream::connect_timeout(&self.mirror, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        write!(
+            stream,
+            "GET /v2/{}/blobs/{}?ns={} HTTP/1.1\r\nHost: {}\r\nRange: bytes={offset}-{end}\r\nConnection: close\r\n\r\n",
+            r.repo, r.digest, r.registry, self.mirror
+        )?;
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status)?;
+        if status.split_whitespace().nth(1) != Some("206") {
+            return Err(std::io::Error::other(format!("the mirror answered {:?} for bytes {offset}-{end} of {}", status.trim(), r.digest)));
+        }
+        let mut len: Option<u64> = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().ok();
+                }
+            }
+        }
+        if len != Some(buf.len() as u64) {
+            return Err(std::io::Error::other(format!("the mirror sent {len:?} bytes for a {}-byte range", buf.len())));
+        }
+        reader.read_exact(buf)
+    }
+}
