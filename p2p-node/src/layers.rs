@@ -1,6 +1,5 @@
-//! Which blob holds the layer that a containerd snapshot is named after. containerd names the
-//! snapshot of an image's n-th layer by its *chain ID* (computed from the config's `diff_ids`),
-//! and tells a snapshotter only that name. The mirror, which serves the manifest and the config,
+//! Which blob holds the layer an OCI *chain ID* stands for. The chain ID of an image's n-th layer
+//! (computed from the config's `diff_ids`, per the OCI image spec) is what snapshotters are told. The mirror, which serves the manifest and the config,
 //! records for each chain ID the layer's blob, its annotations (which say whether and how it can
 //! be loaded lazily) and where it comes from; the snapshotter looks them up. Records live in the
 //! store's `meta/layers/` and are only hints: every byte read through them is still verified

@@ -1,11 +1,15 @@
 //! # p2p-node: content and peers
 //!
-//! The part of Ferry that knows what a node holds and, later, who else holds it.
+//! The part of Ferry that knows what a node holds and who else in its site holds it.
 //!
 //! - [`Digest`]: an OCI content digest, parsed once.
 //! - [`store::Store`]: blobs keyed by digest, complete or partly present (a sparse file plus a
 //!   piece bitmap, [`store::PIECE_SIZE`] pieces), verified by whole-blob sha256 before they are
-//!   marked complete, crash-safe, bounded by LRU eviction between watermarks.
+//!   marked complete (pieces from peers stay untrusted until then), crash-safe, bounded by LRU
+//!   eviction between watermarks.
+//! - [`swarm`]: the site's libp2p swarm: discovery, provider records, the piece exchange, bans,
+//!   rate caps, and who fetches which segment from the origin ([`swarm::site`]).
+//! - [`layers`]: which blob an image layer's OCI chain ID stands for (records in the store).
 //!
 //! Data flow: a fetcher (in `registry-proxy`) claims missing pieces of a [`store::Partial`],
 //! fetches them from wherever it can, and writes them; readers wait for pieces and read them from

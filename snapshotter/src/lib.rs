@@ -8,10 +8,10 @@
 //! - [`estargz`]: reader (and a writer for tests) of eStargz layers;
 //! - [`layer`]: opens either format from a [`blob::ReadAt`] and reads verified chunks;
 //! - [`service`]: containerd's Snapshots API (a `proxy_plugins` snapshotter) with bind and
-//!   overlayfs mounts and metadata that survives restarts.
+//!   overlayfs mounts and metadata that survives restarts; lazy layers mounted through
+//! - [`fuse`]: the read-only layer filesystem built from a [`toc::Toc`].
 //!
-//! Planned: lazy layers mounted through the FUSE layer filesystem built from a [`toc::Toc`],
-//! prefetch.
+//! Planned: prefetch, FUSE passthrough for fetched files.
 //!
 //! Data flow: blob bytes → footer → TOC (checked against the digest the image manifest
 //! annotates) → entries → chunk byte ranges → decompressed, verified chunk bytes.
