@@ -175,7 +175,7 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
         .and_then(|p| p.split(':').next()?.parse().ok())
         .expect("toc position");
     let blob_len = blob.len() as u64;
-    let mounted = snapshotter::fuse::mount(layer.clone(), Arc::new(blob.clone()), work.path().join("cache"), &mnt).expect("mount");
+    let mounted = snapshotter::fuse::mount(layer.clone(), Arc::new(blob.clone()), work.path().join("cache"), &mnt, None).expect("mount");
 
     // Reading one small file fetches its chunks, not the layer.
     assert_eq!(std::fs::read(mnt.join("usr/bin/small")).expect("read"), b"#!/bin/sh\necho hi\n");
@@ -227,7 +227,7 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
 
     // A blob that cannot be read: EIO within the read, no hang.
     let failing = Arc::new(TocOnly { blob, toc_from });
-    let mounted = snapshotter::fuse::mount(layer, failing, work.path().join("cache2"), &mnt).expect("mount");
+    let mounted = snapshotter::fuse::mount(layer.clone(), failing, work.path().join("cache2"), &mnt, None).expect("mount");
     let started = Instant::now();
     let err = std::fs::read(mnt.join("usr/bin/big")).expect_err("a read of an unreachable chunk fails");
     assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
@@ -243,4 +243,53 @@ fn libc_eio() -> i32 {
 fn rustix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// A blob whose reads can be switched off, as when the network goes.
+struct Switch {
+    blob: Vec<u8>,
+    online: std::sync::atomic::AtomicBool,
+}
+
+impl ReadAt for Switch {
+    fn size(&self) -> u64 {
+        self.blob.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if !self.online.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("offline"));
+        }
+        self.blob.read_at(buf, offset)
+    }
+}
+
+#[test]
+fn a_prefetched_layer_stays_readable_with_the_network_gone() {
+    if !rustix_is_root() {
+        eprintln!("SKIPPED: needs root to mount FUSE");
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (src, mnt) = (work.path().join("src"), work.path().join("mnt"));
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    make_source(&src);
+    let tar = work.path().join("layer.tar");
+    sh(&format!("tar --numeric-owner -C {} -cf {} .", src.display(), tar.display()));
+    let (blob, written) = write_tar(std::fs::File::open(&tar).expect("tar"), Vec::new(), WriteOptions::default()).expect("convert");
+    let layer = Arc::new(LazyLayer::open(&blob, &written.annotations).expect("open").expect("lazy"));
+    let switch = Arc::new(Switch { blob, online: true.into() });
+    let mounted = snapshotter::fuse::mount(layer, switch.clone(), work.path().join("cache"), &mnt, Some(0)).expect("mount");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mounted.stats.prefetch_done.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the prefetch did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mounted.stats.prefetched_bytes.load(Ordering::Relaxed) > 3 << 20, "the big file was prefetched");
+    switch.online.store(false, Ordering::Relaxed);
+    for file in ["usr/bin/big", "usr/bin/small", "usr/bin/big-link"] {
+        let want = std::fs::read(src.join(file)).expect("source");
+        assert_eq!(std::fs::read(mnt.join(file)).expect("read offline"), want, "{file}");
+    }
+    assert_eq!(mounted.stats.read_errors.load(Ordering::Relaxed), 0);
 }

@@ -26,16 +26,21 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// What a mounted layer did, for metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Chunks and compressed bytes fetched for on-demand reads.
     pub chunks_fetched: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub read_errors: AtomicU64,
+    /// On-demand reads fetching now (prefetch waits while there are any).
+    pub reading: AtomicU64,
+    pub prefetched_bytes: AtomicU64,
+    pub prefetch_done: std::sync::atomic::AtomicBool,
 }
 
 pub struct LayerFs {
     tree: Tree,
-    layer: Arc<LazyLayer>,
-    blob: Arc<dyn ReadAt>,
-    cache: Arc<ChunkCache>,
+    pub layer: Arc<LazyLayer>,
+    pub blob: Arc<dyn ReadAt>,
+    pub cache: Arc<ChunkCache>,
     pub stats: Arc<Stats>,
 }
 
@@ -172,12 +177,17 @@ impl Filesystem for LayerFs {
         let Some(entry) = self.entry(ino).cloned() else { return reply.error(libc::ENOENT) };
         let (layer, blob, cache, stats) = (self.layer.clone(), self.blob.clone(), self.cache.clone(), self.stats.clone());
         let offset = offset.max(0) as u64;
-        let work = move || match read_range(&entry, offset, size, &layer, blob.as_ref(), &cache, &stats) {
-            Ok(data) => reply.data(&data),
-            Err(why) => {
-                stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(file = %entry.name, offset, size, %why, "lazy read failed: EIO");
-                reply.error(libc::EIO);
+        let work = move || {
+            stats.reading.fetch_add(1, Ordering::Relaxed);
+            let result = read_range(&entry, offset, size, &layer, blob.as_ref(), &cache, &stats);
+            stats.reading.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(data) => reply.data(&data),
+                Err(why) => {
+                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(file = %entry.name, offset, size, %why, "lazy read failed: EIO");
+                    reply.error(libc::EIO);
+                }
             }
         };
         let cached = self.entry(ino).is_some_and(|e| {

@@ -1,12 +1,15 @@
 //! The FUSE filesystem of a lazy layer: [`tree`] turns the TOC into inodes (with overlay
-//! whiteouts), [`fs`] answers the kernel, [`cache`] keeps verified chunks on disk. [`mount`]
-//! mounts one layer read-only; dropping the returned session unmounts it.
+//! whiteouts), [`fs`] answers the kernel, [`cache`] keeps verified chunks on disk, [`prefetch`]
+//! fills it in the background. [`mount`] mounts one layer read-only; dropping the returned
+//! [`Mounted`] stops the prefetch and unmounts it.
 
 pub mod cache;
 pub mod fs;
+pub mod prefetch;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, MountOption};
@@ -19,12 +22,36 @@ use crate::Error;
 pub struct Mounted {
     pub session: BackgroundSession,
     pub stats: Arc<fs::Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Mounts `layer` (read from `blob`, chunks cached in `cache_dir`) read-only at `mountpoint`.
-pub fn mount(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf, mountpoint: &Path) -> Result<Mounted, Error> {
+/// With `prefetch`, a background thread fetches the whole layer, startup chunks first, at most
+/// that many bytes per second (0: no cap).
+pub fn mount(
+    layer: Arc<LazyLayer>,
+    blob: Arc<dyn ReadAt>,
+    cache_dir: PathBuf,
+    mountpoint: &Path,
+    prefetch: Option<u64>,
+) -> Result<Mounted, Error> {
     let fs = fs::LayerFs::new(layer, blob, cache_dir).map_err(|e| Error::io("opening the chunk cache", e))?;
     let stats = fs.stats.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = prefetch.map(|rate| prefetch::Prefetch {
+        layer: fs.layer.clone(),
+        blob: fs.blob.clone(),
+        cache: fs.cache.clone(),
+        stats: stats.clone(),
+        rate,
+        stop: stop.clone(),
+    });
     let options = [
         MountOption::RO,
         MountOption::FSName("ferry".into()),
@@ -34,5 +61,8 @@ pub fn mount(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf, m
     ];
     let session = fuser::spawn_mount2(fs, mountpoint, &options)
         .map_err(|e| Error::io(format!("mounting a lazy layer at {}", mountpoint.display()), e))?;
-    Ok(Mounted { session, stats })
+    if let Some(job) = job {
+        std::thread::spawn(move || job.run());
+    }
+    Ok(Mounted { session, stats, stop })
 }
