@@ -11,7 +11,7 @@
 //!   overlayfs mounts and metadata that survives restarts; lazy layers mounted through
 //! - [`fuse`]: the read-only layer filesystem built from a [`toc::Toc`].
 //!
-//! Planned: prefetch, FUSE passthrough for fetched files.
+//! Planned: FUSE passthrough for fetched files.
 //!
 //! Data flow: blob bytes → footer → TOC (checked against the digest the image manifest
 //! annotates) → entries → chunk byte ranges → decompressed, verified chunk bytes.
