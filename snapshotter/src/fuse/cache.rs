@@ -24,8 +24,10 @@ impl ChunkCache {
         self.path(d).exists()
     }
 
-    pub fn get(&self, d: &Digest) -> Option<Vec<u8>> {
-        std::fs::read(self.path(d)).ok()
+    /// Reads `buf.len()` bytes at `offset` of cached chunk `d`; `false` when it is not cached.
+    pub fn read_at(&self, d: &Digest, buf: &mut [u8], offset: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::open(self.path(d)).and_then(|f| f.read_exact_at(buf, offset)).is_ok()
     }
 
     /// Keeps a verified chunk; a failure to write only means it will be fetched again.

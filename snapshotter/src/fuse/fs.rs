@@ -118,29 +118,38 @@ fn read_range(
     if offset >= end {
         return Ok(Vec::new());
     }
-    let mut out = Vec::with_capacity((end - offset) as usize);
+    let mut out = vec![0u8; (end - offset) as usize];
+    let mut filled = 0usize;
     for chunk in entry.chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > offset) {
-        let data = match cache.get(&chunk.digest) {
-            Some(d) => d,
-            None => {
-                let d = layer.read_chunk(blob, chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
-                stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
-                cache.put(&chunk.digest, &d);
-                d
-            }
-        };
         let from = offset.max(chunk.file_offset) - chunk.file_offset;
         let to = end.min(chunk.file_offset + chunk.size) - chunk.file_offset;
-        out.extend_from_slice(&data[from as usize..to as usize]);
+        let dst = &mut out[filled..filled + (to - from) as usize];
+        // A cached chunk is read in part; a missing one is fetched, verified and kept whole.
+        if !cache.read_at(&chunk.digest, dst, from) {
+            let d = layer.read_chunk(blob, chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
+            stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
+            cache.put(&chunk.digest, &d);
+            dst.copy_from_slice(&d[from as usize..to as usize]);
+        }
+        filled += (to - from) as usize;
     }
-    if out.len() as u64 != end - offset {
+    if filled as u64 != end - offset {
         return Err(format!("the chunks of {} do not cover bytes {offset}..{end}", entry.name));
     }
     Ok(out)
 }
 
 impl Filesystem for LayerFs {
+    /// Reads of up to 1 MiB (a chunk) per request, and readahead to match.
+    fn init(&mut self, _req: &Request<'_>, config: &mut fuser::KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_readahead(1 << 20);
+        // Read-only, but the kernel sizes its requests by the larger of the two.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent, name).and_then(|ino| self.attr(ino)) {
             Some(attr) => reply.entry(&TTL, &attr, 0),
