@@ -1,7 +1,7 @@
 //! The FUSE filesystem of one lazy layer: read-only, built from the TOC's [`Tree`]. A read maps to
 //! the chunks it covers; each chunk comes from the on-disk cache or from the blob (fetched,
 //! decompressed and verified against its digest before any byte of it is returned, then cached).
-//! Reads that must fetch run on their own thread, so one slow chunk does not hold up the others;
+//! Reads run on their own threads, so one slow chunk does not hold up the others;
 //! a chunk that cannot be had is EIO, logged and counted. The kernel keeps the page cache
 //! (`FOPEN_KEEP_CACHE`, long attribute and entry timeouts): the layer never changes.
 
@@ -199,17 +199,9 @@ impl Filesystem for LayerFs {
                 }
             }
         };
-        let cached = self.entry(ino).is_some_and(|e| {
-            e.chunks
-                .iter()
-                .filter(|c| c.file_offset < offset + u64::from(size) && c.file_offset + c.size > offset)
-                .all(|c| self.cache.has(&c.digest))
-        });
-        if cached {
-            work();
-        } else {
-            std::thread::spawn(work);
-        }
+        // Every read on its own thread: the kernel sends several (readahead) at once, and disk
+        // reads of cached chunks overlap as well as fetches do.
+        std::thread::spawn(work);
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {

@@ -61,8 +61,22 @@ pub fn mount(
     ];
     let session = fuser::spawn_mount2(fs, mountpoint, &options)
         .map_err(|e| Error::io(format!("mounting a lazy layer at {}", mountpoint.display()), e))?;
+    raise_readahead(mountpoint);
     if let Some(job) = job {
         std::thread::spawn(move || job.run());
     }
     Ok(Mounted { session, stats, stop })
+}
+
+/// Sequential reads of a layer are large (model weights, libraries): let the kernel read ahead
+/// 1 MiB at a time on this mount (FUSE mounts start at 128 KiB). Best effort.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let dev = meta.dev();
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, b"1024") {
+        tracing::debug!(%path, error = %e, "cannot raise readahead");
+    }
 }
