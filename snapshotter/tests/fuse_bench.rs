@@ -6,6 +6,8 @@
 //!
 //! `BENCH_MIB` (default 1024) sets the file size; `ROUNDS` (default 3) the rounds. Needs root.
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -49,22 +51,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "a benchmark: run with --ignored"]
 fn cached_reads_through_fuse_against_local_disk() {
+    assert!(common::is_root(), "the benchmark mounts FUSE: run it as root");
     let mib = env("BENCH_MIB", 1024);
     let rounds = env("ROUNDS", 3);
     let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
-    let data: Vec<u8> = {
-        let mut x: u64 = 0x243f6a8885a308d3;
-        (0..mib << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let data = common::random(mib << 20, 7);
     std::fs::write(src.join("model.bin"), &data).expect("write");
     drop(data);
     let tar = work.path().join("layer.tar");

@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use p2p_node::Digest;
 use snapshotter::blob::ReadAt;
 use snapshotter::layer::LazyLayer;
@@ -22,22 +24,10 @@ fn sh(script: &str) {
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A source tree with every kind of object a layer can hold.
 fn make_source(src: &Path) {
     std::fs::create_dir_all(src.join("usr/bin")).expect("mkdir");
-    std::fs::write(src.join("usr/bin/big"), random(3 << 20 | 12345, 1)).expect("big");
+    std::fs::write(src.join("usr/bin/big"), common::random(3 << 20 | 12345, 1)).expect("big");
     std::fs::write(src.join("usr/bin/small"), b"#!/bin/sh\necho hi\n").expect("small");
     std::fs::write(src.join("empty"), b"").expect("empty");
     std::fs::create_dir_all(src.join("etc/skel")).expect("mkdir");
@@ -154,7 +144,7 @@ impl ReadAt for TocOnly {
 
 #[test]
 fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
-    if !rustix_is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED: needs root to mount FUSE");
         return;
     }
@@ -230,19 +220,10 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
     let mounted = snapshotter::fuse::mount(layer.clone(), failing, work.path().join("cache2"), &mnt, None).expect("mount");
     let started = Instant::now();
     let err = std::fs::read(mnt.join("usr/bin/big")).expect_err("a read of an unreachable chunk fails");
-    assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(mounted.stats.read_errors.load(Ordering::Relaxed) >= 1);
     assert_eq!(std::fs::read_dir(mnt.join("usr/bin")).expect("metadata needs no chunk").count(), 3);
-}
-
-fn libc_eio() -> i32 {
-    5
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 /// A blob whose reads can be switched off, as when the network goes.
@@ -265,7 +246,7 @@ impl ReadAt for Switch {
 
 #[test]
 fn a_prefetched_layer_stays_readable_with_the_network_gone() {
-    if !rustix_is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED: needs root to mount FUSE");
         return;
     }
