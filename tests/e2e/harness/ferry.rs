@@ -235,6 +235,13 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 impl Drop for FerryNode {
     fn drop(&mut self) {
         self.kill9();
+        // Lazy layers the killed node left mounted (their FUSE daemon is gone): detach them.
+        let root = self.dir.path().display().to_string();
+        for target in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter_map(|l| l.split(' ').nth(4)) {
+            if target.starts_with(&root) && target != self.store().display().to_string() {
+                let _ = Command::new("umount").arg("-l").arg(target).status();
+            }
+        }
         if self.options.store_tmpfs.is_some() {
             let _ = Command::new("umount").arg("-l").arg(self.store()).status();
         }
