@@ -1,10 +1,11 @@
 //! Records, for each layer of an image manifest the mirror serves, which blob its containerd
 //! snapshot name (chain ID) stands for (`p2p_node::layers`), so the snapshotter can mount lazy
 //! layers for images pulled through this node. Needs the config's `diff_ids`, fetched through
-//! the fetcher (containerd asks for the config next anyway, and then finds it cached).
+//! the fetcher (containerd asks for the config next anyway, and then finds it cached). A manifest
+//! is indexed once per node run: its records live in the store after that.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use p2p_node::layers::{chain_ids, LayerRecord};
 use p2p_node::Digest;
@@ -44,8 +45,33 @@ struct Config {
     rootfs: RootFs,
 }
 
-/// Indexes the layers of `manifest` (JSON) if it is an image manifest not indexed yet.
-pub async fn index(fetcher: &Arc<Fetcher>, up: &Arc<Upstream>, name: &Repo, manifest: &[u8]) -> Result<(), Error> {
+/// The manifests indexed since the node started, so each costs its config read once.
+#[derive(Default)]
+pub struct LayerIndex {
+    done: Mutex<HashSet<Digest>>,
+}
+
+impl LayerIndex {
+    /// Indexes the layers of `manifest` (JSON, digest `digest`) unless this node already did.
+    pub async fn index(
+        &self,
+        fetcher: &Arc<Fetcher>,
+        up: &Arc<Upstream>,
+        name: &Repo,
+        digest: Digest,
+        manifest: &[u8],
+    ) -> Result<(), Error> {
+        if self.done.lock().unwrap_or_else(|p| p.into_inner()).contains(&digest) {
+            return Ok(());
+        }
+        index(fetcher, up, name, manifest).await?;
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).insert(digest);
+        Ok(())
+    }
+}
+
+/// Indexes the layers of `manifest` (JSON) if it is an image manifest.
+async fn index(fetcher: &Arc<Fetcher>, up: &Arc<Upstream>, name: &Repo, manifest: &[u8]) -> Result<(), Error> {
     let Ok(m) = serde_json::from_slice::<ImageManifest>(manifest) else { return Ok(()) }; // an index, or not an image
     let store = fetcher.store();
     fetcher.fetch_small(up, name, &m.config.digest, MAX_CONFIG.max(m.config.size)).await?;

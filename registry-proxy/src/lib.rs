@@ -86,7 +86,8 @@ pub async fn run(
         },
         swarm,
     });
-    let mirror = Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics, index_layers: settings.index_layers });
+    let mirror =
+        Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics, layer_index: settings.index_layers.then(Default::default) });
     if let Some(orders) = orders {
         tasks.spawn(mirror.clone().carry_out(orders, cancel.clone()));
     }

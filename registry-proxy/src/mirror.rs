@@ -23,8 +23,8 @@ pub struct Mirror {
     pub fetcher: Arc<Fetcher>,
     pub manifests: Manifests,
     pub metrics: Arc<Metrics>,
-    /// Index image layers for the snapshotter (see `layer_index`).
-    pub index_layers: bool,
+    /// Indexes image layers for the snapshotter, when it is on.
+    pub layer_index: Option<crate::layer_index::LayerIndex>,
 }
 
 impl Mirror {
@@ -87,8 +87,8 @@ impl Mirror {
             }
             (result, _) => result?,
         };
-        if self.index_layers {
-            if let Err(e) = crate::layer_index::index(&self.fetcher, &up, name, &m.bytes).await {
+        if let Some(layers) = &self.layer_index {
+            if let Err(e) = layers.index(&self.fetcher, &up, name, m.digest, &m.bytes).await {
                 tracing::info!(%name, manifest = %m.digest, error = %e, "cannot index the image's layers for the snapshotter");
             }
         }

@@ -149,8 +149,12 @@ impl Partial {
 
     /// Bytes present (counted in whole pieces).
     pub fn present_bytes(&self) -> u64 {
-        let p = lock(&self.pieces);
-        (0..p.present.len()).filter(|&i| p.present.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
+        self.bytes_in(&lock(&self.pieces).present)
+    }
+
+    /// Bytes of the pieces set in `map`.
+    fn bytes_in(&self, map: &Bitmap) -> u64 {
+        (0..map.len()).filter(|&i| map.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
     }
 
     /// A copy of which pieces are present now.
@@ -196,8 +200,7 @@ impl Partial {
 
     /// Bytes present that came from untrusted sources (counted in whole pieces).
     pub fn untrusted_bytes(&self) -> u64 {
-        let p = lock(&self.pieces);
-        (0..p.untrusted.len()).filter(|&i| p.untrusted.get(i)).map(|i| self.piece_range(i).end - self.piece_range(i).start).sum()
+        self.bytes_in(&lock(&self.pieces).untrusted)
     }
 
     pub fn is_complete(&self) -> bool {

@@ -183,12 +183,14 @@ impl Filesystem for LayerFs {
     }
 
     fn read(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
-        let Some(entry) = self.entry(ino).cloned() else { return reply.error(libc::ENOENT) };
+        // The thread finds the entry by index in the shared TOC: no copy of its chunk list per read.
+        let Some(index) = self.tree.get(ino).and_then(|n| n.entry) else { return reply.error(libc::ENOENT) };
         let (layer, blob, cache, stats) = (self.layer.clone(), self.blob.clone(), self.cache.clone(), self.stats.clone());
         let offset = offset.max(0) as u64;
         let work = move || {
+            let entry = &layer.toc.entries[index];
             stats.reading.fetch_add(1, Ordering::Relaxed);
-            let result = read_range(&entry, offset, size, &layer, blob.as_ref(), &cache, &stats);
+            let result = read_range(entry, offset, size, &layer, blob.as_ref(), &cache, &stats);
             stats.reading.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(data) => reply.data(&data),

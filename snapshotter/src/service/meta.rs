@@ -166,10 +166,7 @@ impl Snapshots {
             updated: now,
             labels: labels.clone(),
         };
-        state.next_id += 1;
-        state.snapshots.insert(name.clone(), Record { id, info, usage: Some(Usage::default()), remote: Some(layer.clone()) });
-        if let Err(e) = self.save(&state) {
-            state.snapshots.remove(&name);
+        if let Err(e) = self.add(&mut state, Record { id, info, usage: Some(Usage::default()), remote: Some(layer.clone()) }) {
             drop(mounted);
             let _ = fs::remove_dir_all(&dir);
             return Some(e);
@@ -199,6 +196,19 @@ impl Snapshots {
             fs::File::open(&self.root)?.sync_all()
         };
         write().map_err(|e| io(format!("writing {}", path.display()), e))
+    }
+
+    /// Adds a new snapshot (its id is `state.next_id`) and saves the metadata; on failure nothing
+    /// is added.
+    fn add(&self, state: &mut State, record: Record) -> Result<(), MetaError> {
+        let name = record.info.name.clone();
+        state.next_id = record.id + 1;
+        state.snapshots.insert(name.clone(), record);
+        if let Err(e) = self.save(state) {
+            state.snapshots.remove(&name);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The `fs` dirs of `parent` and its ancestors, nearest first.
@@ -258,12 +268,7 @@ impl Snapshots {
         }
         let now = SystemTime::now();
         let info = Info { name: key.to_string(), parent: parent.map(str::to_string), kind, created: now, updated: now, labels };
-        state.next_id += 1;
-        state.snapshots.insert(key.to_string(), Record { id, info, usage: None, remote: None });
-        if let Err(e) = self.save(&state) {
-            state.snapshots.remove(key);
-            return Err(e);
-        }
+        self.add(&mut state, Record { id, info, usage: None, remote: None })?;
         let r = &state.snapshots[key];
         self.mounts_of(&state, r)
     }
