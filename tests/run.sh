@@ -39,6 +39,11 @@ check_rust() {
 
 install_packages
 check_rust
+# No incremental state: it doubles the build's size on disk, and a clean run does not use it.
+export CARGO_INCREMENTAL=0
+
+section "disk space"
+df -h "$PWD" "${TMPDIR:-/tmp}" || true
 
 section "cargo fmt --all -- --check"
 cargo fmt --all -- --check
@@ -47,6 +52,11 @@ section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 section "cargo test --workspace"
-cargo test --workspace
+df -h "$PWD" | tail -1
+if ! cargo test --workspace; then
+    section "tests failed; disk space now"
+    df -h "$PWD" "${TMPDIR:-/tmp}" || true
+    exit 1
+fi
 
 section "all checks passed"
