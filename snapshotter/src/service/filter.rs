@@ -34,7 +34,13 @@ fn condition(c: &str, info: &Info) -> bool {
         return field(info, f.trim()).is_none_or(|x| x != unquote(v));
     }
     if let Some((f, v)) = c.split_once("==") {
-        return field(info, f.trim()).is_some_and(|x| x == unquote(v));
+        let f = f.trim();
+        // containerd's metadata asks the backend for `parent==""` when looking for the committed
+        // remote snapshot of a base layer: no parent is the empty parent.
+        if f == "parent" && info.parent.is_none() {
+            return unquote(v).is_empty();
+        }
+        return field(info, f).is_some_and(|x| x == unquote(v));
     }
     field(info, c).is_some()
 }
@@ -64,5 +70,9 @@ mod tests {
         assert!(!f(&["labels.other"]));
         assert!(f(&["parent!=layer-0"]));
         assert!(!f(&["name==\"layer-3\""]));
+        assert!(!f(&[r#"parent==""#]));
+        let base = Info { parent: None, ..info.clone() };
+        let remote = r#"labels."containerd.io/gc.root"==x,parent==""#;
+        assert!(matches_any(&[remote.to_string()], &base), "the filter containerd walks a remote base layer with");
     }
 }
