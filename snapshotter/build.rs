@@ -1,9 +1,11 @@
-//! Generates the Snapshots gRPC service from `proto/` with protox (pure Rust): the build needs no
-//! `protoc`.
+//! Generates containerd's gRPC services from `proto/` with protox (pure Rust): the build needs no
+//! `protoc`. Snapshots is served (and called by tests); the others are called by `ferry pull`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["containerd/services/snapshots/v1/snapshots.proto"], ["proto"])?;
+    let services = ["snapshots", "content", "images", "leases", "diff"];
+    let protos: Vec<String> = services.iter().map(|s| format!("containerd/services/{s}/v1/{s}.proto")).collect();
+    let files = protox::compile(&protos, ["proto"])?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(files)?;
     Ok(())
 }

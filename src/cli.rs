@@ -26,6 +26,9 @@ pub enum Command {
     ContainerdConfig(ContainerdConfigArgs),
     /// Convert an image's layers to zstd:chunked, so they can be loaded lazily.
     Convert(ConvertArgs),
+    /// Pull an image through the node into containerd on the ferry snapshotter: lazy layers are
+    /// mounted, not downloaded, so `ctr run --snapshotter ferry IMAGE` starts at once.
+    Pull(PullArgs),
 }
 
 /// Flags shared by commands that read the node's configuration; each overrides the file.
@@ -138,6 +141,26 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "DIR")]
     pub tmp_dir: Option<PathBuf>,
     /// `text` (with a progress bar) or `json` (the report, for scripts).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image: `HOST/REPO[:TAG|@DIGEST]`, HOST one of the node's upstreams.
+    pub image: String,
+    #[command(flatten)]
+    pub flags: NodeFlags,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock", value_name = "PATH")]
+    pub address: PathBuf,
+    /// containerd namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// The snapshotter's name in containerd's `[proxy_plugins]`.
+    #[arg(long, default_value = "ferry")]
+    pub snapshotter: String,
+    /// `text` or `json` (the report, for scripts).
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
 }

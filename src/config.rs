@@ -23,10 +23,19 @@ pub struct FileConfig {
 }
 
 /// containerd's `proxy_plugins` snapshotter; off unless a socket is given.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotterSection {
     pub socket: Option<PathBuf>,
+    /// Background fetch of lazily mounted layers, bytes per second ("50MiB", "0": no cap), or
+    /// "off": only what containers read is fetched.
+    pub prefetch_rate: String,
+}
+
+impl Default for SnapshotterSection {
+    fn default() -> SnapshotterSection {
+        SnapshotterSection { socket: None, prefetch_rate: "50MiB".into() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +187,8 @@ pub struct NodeSettings {
     pub p2p: Option<P2pSettings>,
     /// The Snapshots API socket, when the snapshotter is on.
     pub snapshotter_socket: Option<PathBuf>,
+    /// Background prefetch of lazy layers, bytes per second (0: no cap); `None`: off.
+    pub prefetch_rate: Option<u64>,
 }
 
 /// Reads the file (if any) and applies the flags over it.
@@ -291,6 +302,10 @@ impl FileConfig {
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),
             snapshotter_socket: self.snapshotter.socket.clone(),
+            prefetch_rate: match self.snapshotter.prefetch_rate.trim() {
+                "off" => None,
+                spec => Some(parse_capacity(spec, Path::new("/")).context("snapshotter.prefetch_rate")?),
+            },
             p2p: self.p2p_settings()?,
         })
     }

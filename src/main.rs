@@ -6,6 +6,7 @@ mod config;
 mod containerd_config;
 mod convert;
 mod node;
+mod pull;
 mod status;
 
 use clap::Parser;
@@ -33,6 +34,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Status(a) => status::run(a).await,
             cli::Command::ContainerdConfig(a) => containerd_config::run(a),
             cli::Command::Convert(a) => convert::run(a).await,
+            cli::Command::Pull(a) => pull::run(a).await,
         }
     });
     match result {

@@ -7,10 +7,6 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::NodeArgs;
 use crate::config;
 
-/// Lazy layers are filled in the background at most this fast (bytes per second), so a rollout's
-/// prefetch leaves room for on-demand reads and running workloads.
-const PREFETCH_RATE: u64 = 50 << 20;
-
 pub async fn run(args: NodeArgs) -> Result<()> {
     let file = config::load(&args.flags)?;
     let mut s = file.node_settings()?;
@@ -49,7 +45,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
     let snapshotter = match &s.snapshotter_socket {
         Some(socket) => {
-            let source = snapshotter::service::remote::Source { store: store.clone(), mirror: mirror_addr, prefetch_rate: PREFETCH_RATE };
+            let source = snapshotter::service::remote::Source { store: store.clone(), mirror: mirror_addr, prefetch_rate: s.prefetch_rate };
             let root = s.store_path.join("snapshotter");
             let bound = snapshotter::service::bind(&root, socket, Some(source)).context("starting the snapshotter")?;
             Some(tokio::spawn(bound.serve(cancel.clone())))

@@ -15,6 +15,10 @@ pub enum Error {
     NotLazy(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("containerd refused {what}: {message} ({code:?})")]
+    Containerd { what: String, code: tonic::Code, message: String },
+    #[error("{what}: {why}")]
+    Mirror { what: String, why: String },
     #[error(transparent)]
     Digest(#[from] p2p_node::Error),
 }
@@ -22,6 +26,9 @@ pub enum Error {
 impl Error {
     pub(crate) fn malformed(what: &'static str, why: impl Into<String>) -> Error {
         Error::Malformed { what, why: why.into() }
+    }
+    pub(crate) fn containerd(what: impl Into<String>, status: tonic::Status) -> Error {
+        Error::Containerd { what: what.into(), code: status.code(), message: status.message().to_string() }
     }
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { what: what.into(), source }

@@ -21,11 +21,13 @@
 //! layer is bounded before anything is allocated for it. Depends only on `p2p-node`.
 
 pub mod blob;
+pub mod containerd;
 pub mod convert;
 mod error;
 pub mod estargz;
 pub mod fuse;
 pub mod layer;
+pub mod pull;
 pub mod service;
 pub mod tar;
 pub mod toc;

@@ -138,6 +138,7 @@ impl Snapshots {
     /// layer is not lazy or cannot be mounted (containerd then unpacks it).
     fn prepare_remote(&self, parent: Option<&str>, labels: &BTreeMap<String, String>) -> Option<MetaError> {
         let source = self.source.as_ref()?;
+        tracing::debug!(?labels, ?parent, "prepare with labels");
         let (name, layer) = source.layer_for(labels)?;
         let mut state = self.lock();
         if state.snapshots.contains_key(&name) {

@@ -18,8 +18,32 @@ pub mod api {
                     tonic::include_proto!("containerd.services.snapshots.v1");
                 }
             }
+            pub mod content {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.content.v1");
+                }
+            }
+            pub mod images {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.images.v1");
+                }
+            }
+            pub mod leases {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.leases.v1");
+                }
+            }
+            pub mod diff {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.diff.v1");
+                }
+            }
         }
     }
+    pub use containerd::services::content::v1 as content;
+    pub use containerd::services::diff::v1 as diff;
+    pub use containerd::services::images::v1 as images;
+    pub use containerd::services::leases::v1 as leases;
     pub use containerd::services::snapshots::v1 as snapshots;
     pub use containerd::types;
 }
@@ -36,6 +60,11 @@ pub use grpc::{bind, Bound};
 pub async fn connect(
     socket: &std::path::Path,
 ) -> Result<api::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>, crate::Error> {
+    Ok(api::snapshots::snapshots_client::SnapshotsClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel over the unix socket `socket`.
+pub async fn channel(socket: &std::path::Path) -> Result<tonic::transport::Channel, crate::Error> {
     let path = socket.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://snapshotter")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -44,5 +73,5 @@ pub async fn connect(
         }))
         .await
         .map_err(|e| crate::Error::io(format!("connecting to {}", socket.display()), std::io::Error::other(e.to_string())))?;
-    Ok(api::snapshots::snapshots_client::SnapshotsClient::new(channel))
+    Ok(channel)
 }

@@ -32,8 +32,8 @@ pub struct Source {
     pub store: Store,
     /// The node's mirror (`--registry-listen`).
     pub mirror: SocketAddr,
-    /// Background prefetch of mounted layers, bytes per second (0: no cap).
-    pub prefetch_rate: u64,
+    /// Background prefetch of mounted layers, bytes per second (0: no cap); `None`: off.
+    pub prefetch_rate: Option<u64>,
 }
 
 impl Source {
@@ -57,7 +57,7 @@ impl Source {
         let blob: Arc<dyn ReadAt> = Arc::new(MirrorBlob { mirror: self.mirror, record: record.clone() });
         let layer =
             LazyLayer::open(blob.as_ref(), &record.annotations)?.ok_or_else(|| Error::NotLazy(format!("layer {}", record.digest)))?;
-        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), Some(self.prefetch_rate))
+        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), self.prefetch_rate)
     }
 }
 

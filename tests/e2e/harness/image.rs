@@ -42,6 +42,11 @@ impl TestImage {
 /// Builds `DIR/layout` holding `busybox:latest`: busybox-static as /bin/busybox, /bin/sh a
 /// symlink to it, a marker file `/etc/ferry-e2e` with `marker`, cmd /bin/sh, PATH=/bin.
 pub fn build_busybox(dir: &Path, marker: &str) -> TestImage {
+    build_busybox_with(dir, marker, &[])
+}
+
+/// [`build_busybox`] with more files: `(path in the rootfs, content)`.
+pub fn build_busybox_with(dir: &Path, marker: &str, files: &[(&str, &[u8])]) -> TestImage {
     require_binary("umoci", "umoci");
     let busybox = Path::new("/bin/busybox");
     assert!(busybox.is_file(), "/bin/busybox is missing; run `apt-get install -y busybox-static`");
@@ -58,6 +63,11 @@ pub fn build_busybox(dir: &Path, marker: &str) -> TestImage {
     std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink sh");
     std::fs::write(rootfs.join("etc/ferry-e2e"), marker).expect("write marker");
+    for (path, content) in files {
+        let path = rootfs.join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(&path, content).expect("write a file");
+    }
     run_ok(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle), t);
     run_ok(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]), t);
     read_layout(&layout)

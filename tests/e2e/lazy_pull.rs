@@ -1,0 +1,153 @@
+//! `ferry pull` into a sandboxed containerd with the ferry snapshotter, then `ctr run`: lazy
+//! layers (ferry's zstd:chunked, ctr-remote's eStargz and zstd:chunked) are mounted through FUSE
+//! and fetched only as read; a plain gzip image is downloaded and unpacked instead.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::containerd::Containerd;
+use crate::harness::ferry::{FerryNode, FerryOptions, FERRY_BIN};
+use crate::harness::image::{build_busybox, build_busybox_with, push};
+use crate::harness::registry::Registry;
+use crate::harness::{random_bytes, run_cmd, temp_dir};
+
+/// A node with the snapshotter on (background prefetch off when `prefetch` is false, so what
+/// is fetched is exactly what containers read) and a containerd that has it as `ferry`.
+async fn node_and_containerd(registry: &Registry, work: &std::path::Path, prefetch: bool) -> (FerryNode, Containerd) {
+    let socket = work.join("snapshotter.sock");
+    let config = work.join("ferry.toml");
+    let rate = if prefetch { "50MiB" } else { "off" };
+    std::fs::write(&config, format!("[snapshotter]\nprefetch_rate = \"{rate}\"\n")).expect("write config");
+    let mut options = FerryOptions::upstream("registry.local", &registry.url());
+    options.extra_args = vec!["--config".into(), config.display().to_string(), "--snapshotter-socket".into(), socket.display().to_string()];
+    let ferry = FerryNode::start(options).await;
+    let containerd = Containerd::start_with_snapshotter(&socket).await;
+    (ferry, containerd)
+}
+
+fn convert(src: &str, dst: &str) {
+    let out = run_cmd(Command::new(FERRY_BIN).args(["convert", src, dst]), Duration::from_secs(120));
+    assert!(out.success, "ferry convert: {}\n{}", out.stdout, out.stderr);
+}
+
+/// `ferry pull --output json`; returns each layer's outcome.
+fn ferry_pull(ferry: &FerryNode, containerd: &Containerd, image: &str) -> Vec<String> {
+    let out = run_cmd(
+        Command::new(FERRY_BIN)
+            .args(["pull", image, "--registry-listen", &ferry.registry_addr, "--output", "json"])
+            .arg("--address")
+            .arg(containerd.socket()),
+        Duration::from_secs(120),
+    );
+    assert!(out.success, "ferry pull {image}: {}\n{}\n{}", out.stdout, out.stderr, ferry.log());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("the pull report is JSON");
+    report["layers"].as_array().expect("layers").iter().map(|l| l["outcome"].as_str().expect("outcome").to_string()).collect()
+}
+
+fn run(containerd: &Containerd, image: &str, id: &str, cmd: &[&str]) -> String {
+    containerd.run_with(image, id, cmd, Some("ferry")).unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()))
+}
+
+fn fuse_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(" - fuse") && l.contains("/snapshotter/snapshots/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-pull");
+    let model = random_bytes(7, 24 << 20);
+    let image = build_busybox_with(work.path(), "lazy and running", &[("opt/model.bin", &model)]);
+    push(&image, &registry, "test/lazy:src");
+    let host = registry.host_port();
+    convert(&format!("{host}/test/lazy:src"), &format!("{host}/test/lazy:chunked"));
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
+    let before_mounts = fuse_mounts();
+
+    let reference = "registry.local/test/lazy:chunked";
+    assert_eq!(ferry_pull(&ferry, &containerd, reference), ["lazy"], "the one layer is mounted, not downloaded");
+    assert_eq!(run(&containerd, reference, "lazy-1", &["/bin/busybox", "cat", "/etc/ferry-e2e"]).trim(), "lazy and running");
+    assert!(fuse_mounts() > before_mounts, "the layer is a FUSE mount");
+
+    registry.settle_log().await;
+    let layer = &registry_layers(&registry, "test/lazy", "chunked").await[0];
+    let fetched: u64 = registry.served_blob_gets("test/lazy", &layer.0).iter().map(|l| l.bytes).sum();
+    eprintln!("fetched {fetched} of the {}-byte layer to run `cat`", layer.1);
+    assert!(fetched > 0, "the container's reads went to the origin");
+    assert!(fetched * 4 < layer.1, "running `cat` fetched {fetched} of {} bytes: the model file was read too", layer.1);
+
+    // Reading the model through the container gives its bytes; the sum is the digest check.
+    let sum = run(&containerd, reference, "lazy-2", &["/bin/busybox", "sha256sum", "/opt/model.bin"]);
+    assert_eq!(sum.split_whitespace().next(), Some(crate::harness::sha256_hex(&model).as_str()));
+
+    // Removing the image lets containerd's GC remove the snapshots, and the mount with them.
+    containerd.remove_image(reference);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fuse_mounts() > before_mounts {
+        assert!(std::time::Instant::now() < deadline, "the FUSE mount outlived the image");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `(digest, size)` of each layer of `repo:tag`, read from the registry.
+async fn registry_layers(registry: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
+    let manifest: serde_json::Value = registry
+        .client()
+        .get(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("manifest")
+        .json()
+        .await
+        .expect("manifest JSON");
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| (l["digest"].as_str().expect("digest").to_string(), l["size"].as_u64().expect("size")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gzip_image_is_downloaded_and_unpacked_and_pulls_again_as_present() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-pull-gzip");
+    let image = build_busybox(work.path(), "plain gzip");
+    push(&image, &registry, "test/plain:latest");
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), true).await;
+    let reference = "registry.local/test/plain:latest";
+    assert_eq!(ferry_pull(&ferry, &containerd, reference), vec!["unpacked"; image.layers.len()]);
+    assert_eq!(run(&containerd, reference, "plain-1", &["/bin/busybox", "cat", "/etc/ferry-e2e"]).trim(), "plain gzip");
+    assert_eq!(ferry_pull(&ferry, &containerd, reference), vec!["present"; image.layers.len()], "a second pull finds the snapshots");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_remote_images_run_lazily() {
+    crate::harness::require_binary("ctr-remote", "stargz-snapshotter");
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-pull-ctr-remote");
+    let image = build_busybox(work.path(), "written by ctr-remote");
+    push(&image, &registry, "test/third:src");
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), true).await;
+    let host = registry.host_port();
+    let source = format!("{host}/test/third:src");
+    let ok = |out: crate::harness::CmdOutput, what: &str| assert!(out.success, "{what}: {}\n{}", out.stdout, out.stderr);
+    ok(containerd.ctr(&["content", "fetch", "--plain-http", &source], Duration::from_secs(60)), "ctr content fetch");
+    for (format, flag) in [("estargz", "--estargz"), ("zstdchunked", "--zstdchunked")] {
+        let converted = format!("{host}/test/third:{format}");
+        let mut convert = Command::new("ctr-remote");
+        convert.arg("-a").arg(containerd.socket()).args(["image", "convert", "--oci", flag, &source, &converted]);
+        ok(run_cmd(&mut convert, Duration::from_secs(120)), "ctr-remote image convert");
+        ok(containerd.ctr(&["image", "push", "--plain-http", &converted, &converted], Duration::from_secs(60)), "ctr image push");
+        let reference = format!("registry.local/test/third:{format}");
+        let outcomes = ferry_pull(&ferry, &containerd, &reference);
+        assert_eq!(outcomes, vec!["lazy"; image.layers.len()], "{format}");
+        let out = run(&containerd, &reference, &format!("third-{format}"), &["/bin/busybox", "cat", "/etc/ferry-e2e"]);
+        assert_eq!(out.trim(), "written by ctr-remote", "{format}");
+    }
+}
