@@ -297,7 +297,7 @@ impl FileConfig {
                 manifest_timeout: r.manifest_timeout,
                 stale_if_error: r.stale_if_error,
                 piece_timeout: r.piece_timeout,
-                index_layers: self.snapshotter.socket.is_some(),
+                lazy_layers: self.snapshotter.socket.is_some().then(Default::default),
             },
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),

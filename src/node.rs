@@ -45,7 +45,13 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
     let snapshotter = match &s.snapshotter_socket {
         Some(socket) => {
-            let source = snapshotter::service::remote::Source { store: store.clone(), mirror: mirror_addr, prefetch_rate: s.prefetch_rate };
+            let source = snapshotter::service::remote::Source {
+                store: store.clone(),
+                mirror: mirror_addr,
+                prefetch_rate: s.prefetch_rate,
+                // The same counters the mirror reports (set whenever the snapshotter is on).
+                stats: s.mirror.lazy_layers.clone().unwrap_or_default(),
+            };
             let root = s.store_path.join("snapshotter");
             let bound = snapshotter::service::bind(&root, socket, Some(source)).context("starting the snapshotter")?;
             Some(tokio::spawn(bound.serve(cancel.clone())))

@@ -15,7 +15,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}{}", render(&status), render_p2p(&status));
+        print!("{}{}{}", render(&status), render_p2p(&status), render_lazy(&status));
     }
     Ok(())
 }
@@ -72,6 +72,19 @@ fn render_p2p(s: &Status) -> String {
         ));
     }
     out
+}
+
+fn render_lazy(s: &Status) -> String {
+    let Some(l) = &s.lazy else { return "lazy       off: no snapshotter socket\n".to_string() };
+    let unpacked: Vec<String> = l.fallbacks.iter().filter(|(_, n)| **n > 0).map(|(why, n)| format!("{n} {why}")).collect();
+    format!(
+        "lazy       {} layers mounted; {} fetched on demand, {} prefetched; {} reads failed (EIO)\n         \x20 unpacked instead of mounted: {}\n",
+        l.mounted,
+        bytes(l.fetched_bytes),
+        bytes(l.prefetched_bytes),
+        l.read_errors,
+        if unpacked.is_empty() { "none".to_string() } else { unpacked.join(", ") }
+    )
 }
 
 fn render(s: &Status) -> String {

@@ -1,11 +1,14 @@
 //! Which blob holds the layer an OCI *chain ID* stands for. The chain ID of an image's n-th layer
-//! (computed from the config's `diff_ids`, per the OCI image spec) is what snapshotters are told. The mirror, which serves the manifest and the config,
-//! records for each chain ID the layer's blob, its annotations (which say whether and how it can
-//! be loaded lazily) and where it comes from; the snapshotter looks them up. Records live in the
-//! store's `meta/layers/` and are only hints: every byte read through them is still verified
-//! against the layer's TOC and chunk digests.
+//! (computed from the config's `diff_ids`, per the OCI image spec) is what snapshotters are told.
+//! The mirror, which serves the manifest and the config, records for each chain ID the layer's
+//! blob, its annotations (which say whether and how it can be loaded lazily) and where it comes
+//! from; the snapshotter looks them up. Records live in the store's `meta/layers/` and are only
+//! hints: every byte read through them is still verified against the layer's TOC and chunk
+//! digests. [`LazyStats`] is the other thing both sides share: the snapshotter counts what lazy
+//! layers do, the mirror reports it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::Store;
 use crate::{Digest, Error};
@@ -66,5 +69,59 @@ mod tests {
         assert_eq!(ids[0], a);
         assert_eq!(ids[1], Digest::of(format!("{a} {b}").as_bytes()));
         assert!(chain_ids(&[]).is_empty());
+    }
+}
+
+/// Why a layer containerd asked for as a remote snapshot was unpacked instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The mirror never served the image's manifest, so the layer's blob is unknown.
+    NotIndexed,
+    /// Neither zstd:chunked nor eStargz.
+    NotLazy,
+    /// Its TOC failed validation, or could not be read.
+    BadToc,
+    /// The FUSE mount failed.
+    Mount,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 4] = [Fallback::NotIndexed, Fallback::NotLazy, Fallback::BadToc, Fallback::Mount];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NotIndexed => "not_indexed",
+            Fallback::NotLazy => "not_lazy",
+            Fallback::BadToc => "bad_toc",
+            Fallback::Mount => "mount",
+        }
+    }
+}
+
+/// What the node's lazily mounted layers did, all layers together: the snapshotter counts, the
+/// mirror reports (metrics and status). Counters only grow, except `mounted` and `reading`.
+#[derive(Debug, Default)]
+pub struct LazyStats {
+    /// Lazy layers mounted now.
+    pub mounted: AtomicU64,
+    /// Chunks and compressed bytes fetched for on-demand reads.
+    pub chunks_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    /// Reads answered with EIO (a chunk could not be fetched or verified in time).
+    pub read_errors: AtomicU64,
+    /// Bytes the background prefetch fetched.
+    pub prefetched_bytes: AtomicU64,
+    /// On-demand reads fetching now (prefetch yields while there are any).
+    pub reading: AtomicU64,
+    fallbacks: [AtomicU64; Fallback::ALL.len()],
+}
+
+impl LazyStats {
+    pub fn fell_back(&self, why: Fallback) {
+        self.fallbacks[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fallbacks(&self, why: Fallback) -> u64 {
+        self.fallbacks[why as usize].load(Ordering::Relaxed)
     }
 }

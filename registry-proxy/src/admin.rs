@@ -30,6 +30,33 @@ pub struct Status {
     /// Blobs being fetched now.
     #[serde(default)]
     pub transfers: Vec<Transfer>,
+    /// What lazily mounted layers did (absent when the snapshotter is off).
+    #[serde(default)]
+    pub lazy: Option<LazyStatus>,
+}
+
+/// The snapshotter's lazy layers (see the `ferry_lazy_*` metrics).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LazyStatus {
+    pub mounted: u64,
+    pub fetched_bytes: u64,
+    pub prefetched_bytes: u64,
+    pub read_errors: u64,
+    /// Layers unpacked instead of mounted, by reason.
+    pub fallbacks: std::collections::BTreeMap<String, u64>,
+}
+
+impl LazyStatus {
+    fn of(s: &p2p_node::layers::LazyStats) -> LazyStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        LazyStatus {
+            mounted: s.mounted.load(Relaxed),
+            fetched_bytes: s.bytes_fetched.load(Relaxed),
+            prefetched_bytes: s.prefetched_bytes.load(Relaxed),
+            read_errors: s.read_errors.load(Relaxed),
+            fallbacks: p2p_node::layers::Fallback::ALL.iter().map(|f| (f.as_str().to_string(), s.fallbacks(*f))).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -71,6 +98,7 @@ pub struct AdminState {
     pub registry_listen: String,
     pub upstreams: Vec<String>,
     pub swarm: Option<p2p_node::swarm::Client>,
+    pub lazy: Option<Arc<p2p_node::layers::LazyStats>>,
 }
 
 impl AdminState {
@@ -107,6 +135,7 @@ impl AdminState {
             traffic: self.metrics.snapshot(),
             p2p,
             transfers,
+            lazy: self.lazy.as_deref().map(LazyStatus::of),
         }
     }
 

@@ -63,7 +63,7 @@ pub async fn run(
         Some(s) => (Some(s.client), Some(s.orders)),
         None => (None, None),
     };
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(settings.lazy_layers.clone()));
     let upstreams = upstream::Upstreams::new(&settings)?;
     let tasks = TaskTracker::new();
     let fetcher = Arc::new(fetcher::Fetcher::new(
@@ -85,9 +85,15 @@ pub async fn run(
             h
         },
         swarm,
+        lazy: settings.lazy_layers.clone(),
     });
-    let mirror =
-        Arc::new(mirror::Mirror { upstreams, fetcher, manifests, metrics, layer_index: settings.index_layers.then(Default::default) });
+    let mirror = Arc::new(mirror::Mirror {
+        upstreams,
+        fetcher,
+        manifests,
+        metrics,
+        layer_index: settings.lazy_layers.is_some().then(Default::default),
+    });
     if let Some(orders) = orders {
         tasks.spawn(mirror.clone().carry_out(orders, cancel.clone()));
     }

@@ -7,6 +7,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use p2p_node::layers::{Fallback, LazyStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     /// `cache` (in the local store before the request), `peer` (fetched from a peer of the site)
@@ -76,6 +86,13 @@ fn latency() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        Metrics::new(None)
+    }
+}
+
+impl Metrics {
+    /// The node's metrics; with `lazy`, the lazy-layer counters the snapshotter keeps as well.
+    pub fn new(lazy: Option<Arc<LazyStats>>) -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             bytes_served: Family::default(),
@@ -141,6 +158,9 @@ impl Default for Metrics {
         for kind in ["blob", "manifest"] {
             let _ = m.cache_hits.get_or_create(&KindLabel { kind });
             let _ = m.cache_misses.get_or_create(&KindLabel { kind });
+        }
+        if let Some(stats) = lazy {
+            registry.register_collector(Box::new(LazyCollector(stats)));
         }
         Metrics { registry, ..m }
     }
@@ -243,5 +263,46 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
+    }
+}
+
+/// The snapshotter's lazy-layer counters, read at each scrape.
+#[derive(Debug)]
+struct LazyCollector(Arc<LazyStats>);
+
+impl Collector for LazyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mounted = ConstGauge::new(i64::try_from(load(&s.mounted)).unwrap_or(i64::MAX));
+        mounted.encode(encoder.encode_descriptor(
+            "ferry_lazy_layers_mounted",
+            "Lazy layers mounted through FUSE now",
+            None,
+            mounted.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            ("ferry_lazy_fetched_bytes", "Compressed bytes fetched for reads of lazy layers (on demand)", load(&s.bytes_fetched)),
+            ("ferry_lazy_fetched_chunks", "Chunks fetched for reads of lazy layers (on demand)", load(&s.chunks_fetched)),
+            ("ferry_lazy_prefetched_bytes", "Compressed bytes of lazy layers fetched in the background", load(&s.prefetched_bytes)),
+            (
+                "ferry_lazy_read_errors",
+                "Reads of lazy layers answered with EIO (a chunk not fetched or verified in time)",
+                load(&s.read_errors),
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "ferry_lazy_fallbacks",
+            "Layers containerd asked for as remote snapshots that were unpacked instead: `not_indexed` (the mirror did not serve the image's manifest), `not_lazy` (neither zstd:chunked nor eStargz), `bad_toc` (the TOC failed validation), `mount` (the FUSE mount failed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for why in Fallback::ALL {
+            ConstCounter::new(s.fallbacks(why)).encode(family.encode_family(&ReasonLabel { reason: why.as_str() })?)?;
+        }
+        Ok(())
     }
 }

@@ -57,9 +57,10 @@ pub struct MirrorSettings {
     pub stale_if_error: Duration,
     /// A reader waiting for a piece gives up (EIO / 504) after this long without progress.
     pub piece_timeout: Duration,
-    /// Record which blob each layer's snapshot name stands for, for the snapshotter (this fetches
-    /// an image's config when its manifest is served).
-    pub index_layers: bool,
+    /// With the snapshotter on: its lazy-layer counters (reported in metrics and status), and
+    /// the mirror records which blob each layer's snapshot name stands for (this fetches an
+    /// image's config when its manifest is served).
+    pub lazy_layers: Option<std::sync::Arc<p2p_node::layers::LazyStats>>,
 }
 
 impl Default for MirrorSettings {
@@ -74,7 +75,7 @@ impl Default for MirrorSettings {
             manifest_timeout: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(7 * 24 * 3600),
             piece_timeout: Duration::from_secs(60),
-            index_layers: false,
+            lazy_layers: None,
         }
     }
 }

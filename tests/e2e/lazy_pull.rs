@@ -79,6 +79,14 @@ async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
     eprintln!("fetched {fetched} of the {}-byte layer to run `cat`", layer.1);
     assert!(fetched > 0, "the container's reads went to the origin");
     assert!(fetched * 4 < layer.1, "running `cat` fetched {fetched} of {} bytes: the model file was read too", layer.1);
+    assert_eq!(ferry.metric("ferry_lazy_layers_mounted", &[]).await, 1.0);
+    let on_demand = ferry.metric("ferry_lazy_fetched_bytes_total", &[]).await;
+    assert!(on_demand > 0.0 && on_demand <= fetched as f64, "on-demand bytes {on_demand} vs {fetched} from the origin");
+    let table = crate::harness::run_ok(
+        Command::new(FERRY_BIN).args(["status", "--admin-socket"]).arg(ferry.admin_socket()),
+        Duration::from_secs(10),
+    );
+    assert!(table.contains("lazy       1 layers mounted"), "ferry status shows the lazy layer:\n{table}");
 
     // Reading the model through the container gives its bytes; the sum is the digest check.
     let sum = run(&containerd, reference, "lazy-2", &["/bin/busybox", "sha256sum", "/opt/model.bin"]);
@@ -124,6 +132,9 @@ async fn a_gzip_image_is_downloaded_and_unpacked_and_pulls_again_as_present() {
     assert_eq!(ferry_pull(&ferry, &containerd, reference), vec!["unpacked"; image.layers.len()]);
     assert_eq!(run(&containerd, reference, "plain-1", &["/bin/busybox", "cat", "/etc/ferry-e2e"]).trim(), "plain gzip");
     assert_eq!(ferry_pull(&ferry, &containerd, reference), vec!["present"; image.layers.len()], "a second pull finds the snapshots");
+    let not_lazy = ferry.metric("ferry_lazy_fallbacks_total", &[("reason", "not_lazy")]).await;
+    assert_eq!(not_lazy, image.layers.len() as f64, "each unpacked layer is counted with its reason");
+    assert_eq!(ferry.metric("ferry_lazy_layers_mounted", &[]).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,9 +7,11 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+use p2p_node::layers::LazyStats;
 
 use fuser::{FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request};
 
@@ -23,31 +25,19 @@ use crate::toc::Entry;
 const TTL: Duration = Duration::from_secs(3600);
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// What a mounted layer did, for metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Chunks and compressed bytes fetched for on-demand reads.
-    pub chunks_fetched: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-    pub read_errors: AtomicU64,
-    /// On-demand reads fetching now (prefetch waits while there are any).
-    pub reading: AtomicU64,
-    pub prefetched_bytes: AtomicU64,
-    pub prefetch_done: std::sync::atomic::AtomicBool,
-}
-
 pub struct LayerFs {
     tree: Tree,
     pub layer: Arc<LazyLayer>,
     pub blob: Arc<dyn ReadAt>,
     pub cache: Arc<ChunkCache>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<LazyStats>,
 }
 
 impl LayerFs {
-    pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf) -> std::io::Result<LayerFs> {
+    /// `stats` counts what this layer does (shared with the node's other lazy layers, or not).
+    pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf, stats: Arc<LazyStats>) -> std::io::Result<LayerFs> {
         let tree = Tree::build(&layer.toc);
-        Ok(LayerFs { tree, layer, blob, cache: Arc::new(ChunkCache::open(cache_dir)?), stats: Arc::default() })
+        Ok(LayerFs { tree, layer, blob, cache: Arc::new(ChunkCache::open(cache_dir)?), stats })
     }
 
     fn entry(&self, ino: u64) -> Option<&Entry> {
@@ -112,7 +102,7 @@ fn read_range(
     layer: &LazyLayer,
     blob: &dyn ReadAt,
     cache: &ChunkCache,
-    stats: &Stats,
+    stats: &LazyStats,
 ) -> Result<Vec<u8>, String> {
     let end = (offset + u64::from(size)).min(entry.size);
     if offset >= end {

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, MountOption};
 
+use p2p_node::layers::LazyStats;
+
 use crate::blob::ReadAt;
 use crate::layer::LazyLayer;
 use crate::Error;
@@ -21,34 +23,39 @@ use crate::Error;
 /// A mounted layer; unmounted when dropped.
 pub struct Mounted {
     pub session: BackgroundSession,
-    pub stats: Arc<fs::Stats>,
+    pub stats: Arc<LazyStats>,
+    /// Set when the background prefetch has cached every chunk.
+    pub prefetch_done: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.stats.mounted.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Mounts `layer` (read from `blob`, chunks cached in `cache_dir`) read-only at `mountpoint`.
 /// With `prefetch`, a background thread fetches the whole layer, startup chunks first, at most
-/// that many bytes per second (0: no cap).
+/// that many bytes per second (0: no cap). `stats` counts what the layer does.
 pub fn mount(
     layer: Arc<LazyLayer>,
     blob: Arc<dyn ReadAt>,
     cache_dir: PathBuf,
     mountpoint: &Path,
     prefetch: Option<u64>,
+    stats: Arc<LazyStats>,
 ) -> Result<Mounted, Error> {
-    let fs = fs::LayerFs::new(layer, blob, cache_dir).map_err(|e| Error::io("opening the chunk cache", e))?;
-    let stats = fs.stats.clone();
+    let fs = fs::LayerFs::new(layer, blob, cache_dir, stats.clone()).map_err(|e| Error::io("opening the chunk cache", e))?;
     let stop = Arc::new(AtomicBool::new(false));
+    let prefetch_done = Arc::new(AtomicBool::new(false));
     let job = prefetch.map(|rate| prefetch::Prefetch {
         layer: fs.layer.clone(),
         blob: fs.blob.clone(),
         cache: fs.cache.clone(),
         stats: stats.clone(),
+        done: prefetch_done.clone(),
         rate,
         stop: stop.clone(),
     });
@@ -65,7 +72,8 @@ pub fn mount(
     if let Some(job) = job {
         std::thread::spawn(move || job.run());
     }
-    Ok(Mounted { session, stats, stop })
+    stats.mounted.fetch_add(1, Ordering::Relaxed);
+    Ok(Mounted { session, stats, prefetch_done, stop })
 }
 
 /// Sequential reads of a layer are large (model weights, libraries): let the kernel read ahead

@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cache::ChunkCache;
-use super::fs::Stats;
 use crate::blob::ReadAt;
 use crate::layer::LazyLayer;
+use p2p_node::layers::LazyStats;
 
 pub struct Prefetch {
     pub layer: Arc<LazyLayer>,
     pub blob: Arc<dyn ReadAt>,
     pub cache: Arc<ChunkCache>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<LazyStats>,
+    /// Set once every chunk is cached.
+    pub done: Arc<AtomicBool>,
     /// Bytes per second fetched at most (compressed); 0: no cap.
     pub rate: u64,
     pub stop: Arc<AtomicBool>,
@@ -62,6 +64,6 @@ impl Prefetch {
                 }
             }
         }
-        self.stats.prefetch_done.store(true, Ordering::Relaxed);
+        self.done.store(true, Ordering::Relaxed);
     }
 }

@@ -133,7 +133,6 @@ impl SnapshotsApi for Service {
 
     async fn list(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<Self::ListStream>, Status> {
         let filters = req.into_inner().filters;
-        tracing::debug!(?filters, "list");
         let infos: Vec<pb::Info> =
             self.snapshots.list().into_iter().filter(|i| super::filter::matches_any(&filters, i)).map(pb_info).collect();
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> =

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::mounts::{self, Mount};
-use super::remote::Source;
+use super::remote::{Source, TARGET_LABEL};
 use crate::fuse::Mounted;
 use crate::Error;
 
@@ -127,7 +127,7 @@ impl Snapshots {
                 Ok(m) => {
                     self.mounted.lock().unwrap_or_else(|p| p.into_inner()).insert(r.id, m);
                 }
-                Err(e) => tracing::warn!(snapshot = %r.info.name, error = %e, "cannot mount a lazy layer again"),
+                Err((_, e)) => tracing::warn!(snapshot = %r.info.name, error = %e, "cannot mount a lazy layer again"),
             }
         }
     }
@@ -138,8 +138,14 @@ impl Snapshots {
     /// layer is not lazy or cannot be mounted (containerd then unpacks it).
     fn prepare_remote(&self, parent: Option<&str>, labels: &BTreeMap<String, String>) -> Option<MetaError> {
         let source = self.source.as_ref()?;
-        tracing::debug!(?labels, ?parent, "prepare with labels");
-        let (name, layer) = source.layer_for(labels)?;
+        let (name, layer) = match source.layer_for(labels)? {
+            Ok(found) => found,
+            Err(why) => {
+                source.stats.fell_back(why);
+                tracing::info!(snapshot = ?labels.get(TARGET_LABEL), reason = why.as_str(), "not a lazy layer: containerd unpacks it");
+                return None;
+            }
+        };
         let mut state = self.lock();
         if state.snapshots.contains_key(&name) {
             return Some(MetaError::AlreadyExists(name));
@@ -152,8 +158,9 @@ impl Snapshots {
         }
         let mounted = match source.mount(&layer, &dir) {
             Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(layer = %layer.digest, error = %e, "cannot mount the layer lazily; unpacking it instead");
+            Err((why, e)) => {
+                source.stats.fell_back(why);
+                tracing::warn!(layer = %layer.digest, error = %e, reason = why.as_str(), "cannot mount the layer lazily; unpacking it instead");
                 let _ = fs::remove_dir_all(&dir);
                 return None;
             }

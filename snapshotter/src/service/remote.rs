@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2p_node::layers::LayerRecord;
+use p2p_node::layers::{Fallback, LayerRecord, LazyStats};
 use p2p_node::store::Store;
 use p2p_node::Digest;
 
@@ -34,30 +34,37 @@ pub struct Source {
     pub mirror: SocketAddr,
     /// Background prefetch of mounted layers, bytes per second (0: no cap); `None`: off.
     pub prefetch_rate: Option<u64>,
+    /// What the lazy layers do, and why layers were unpacked instead (the mirror reports it).
+    pub stats: Arc<LazyStats>,
 }
 
 impl Source {
-    /// The lazy layer behind the snapshot containerd is preparing, if there is one, and the name
-    /// to commit it as: the `containerd.io/snapshot.ref` label, which pulls that unpack as they
-    /// fetch set (CRI's). Without it containerd would not accept the snapshot as already there
-    /// (`ctr image pull` in 1.6 fetches everything, then unpacks without the label): unpack.
-    pub fn layer_for(&self, labels: &BTreeMap<String, String>) -> Option<(String, LayerRecord)> {
+    /// The lazy layer behind the snapshot containerd is preparing, and the name to commit it as:
+    /// the `containerd.io/snapshot.ref` label, which pulls that unpack as they fetch set (CRI's,
+    /// `ferry pull`). `None` without the label: an ordinary snapshot (`ctr image pull` in 1.6
+    /// fetches everything, then unpacks without it). `Some(Err)`: why this layer is unpacked.
+    pub fn layer_for(&self, labels: &BTreeMap<String, String>) -> Option<Result<(String, LayerRecord), Fallback>> {
         let target = labels.get(TARGET_LABEL)?.clone();
-        let chain_id: Digest = target.parse().ok()?;
-        let record = p2p_node::layers::lookup(&self.store, &chain_id)?;
+        let Some(record) = target.parse::<Digest>().ok().and_then(|chain_id| p2p_node::layers::lookup(&self.store, &chain_id)) else {
+            return Some(Err(Fallback::NotIndexed));
+        };
         let lazy = record
             .annotations
             .keys()
             .any(|k| k.starts_with("io.github.containers.zstd-chunked.") || k == crate::estargz::TOC_DIGEST_ANNOTATION);
-        lazy.then_some((target, record))
+        Some(if lazy { Ok((target, record)) } else { Err(Fallback::NotLazy) })
     }
 
     /// Opens the layer (its TOC, verified against the annotation) and mounts it at `dir/fs`.
-    pub fn mount(&self, record: &LayerRecord, dir: &Path) -> Result<Mounted, Error> {
+    pub fn mount(&self, record: &LayerRecord, dir: &Path) -> Result<Mounted, (Fallback, Error)> {
         let blob: Arc<dyn ReadAt> = Arc::new(MirrorBlob { mirror: self.mirror, record: record.clone() });
-        let layer =
-            LazyLayer::open(blob.as_ref(), &record.annotations)?.ok_or_else(|| Error::NotLazy(format!("layer {}", record.digest)))?;
-        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), self.prefetch_rate)
+        let layer = match LazyLayer::open(blob.as_ref(), &record.annotations) {
+            Ok(Some(layer)) => layer,
+            Ok(None) => return Err((Fallback::NotLazy, Error::NotLazy(format!("layer {}", record.digest)))),
+            Err(e) => return Err((Fallback::BadToc, e)),
+        };
+        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), self.prefetch_rate, self.stats.clone())
+            .map_err(|e| (Fallback::Mount, e))
     }
 }
 
