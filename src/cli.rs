@@ -29,6 +29,9 @@ pub enum Command {
     /// Pull an image through the node into containerd on the ferry snapshotter: lazy layers are
     /// mounted, not downloaded, so `ctr run --snapshotter ferry IMAGE` starts at once.
     Pull(PullArgs),
+    /// Run a command in a lazy image and record what it reads, in first-access order: the
+    /// `--prioritize` file for `ferry convert`.
+    Profile(ProfileArgs),
 }
 
 /// Flags shared by commands that read the node's configuration; each overrides the file.
@@ -163,4 +166,27 @@ pub struct PullArgs {
     /// `text` or `json` (the report, for scripts).
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// A lazy image (one `ferry convert` wrote): `HOST/REPO[:TAG|@DIGEST]`.
+    pub image: String,
+    /// The command to profile, after `--` (e.g. `-- python3 -c 'import torch'`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub flags: NodeFlags,
+    /// Write the profile here instead of to standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Stop the command after this long; what it read until then is the profile.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock", value_name = "PATH")]
+    pub address: PathBuf,
+    /// containerd namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
 }

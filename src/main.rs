@@ -6,6 +6,7 @@ mod config;
 mod containerd_config;
 mod convert;
 mod node;
+mod profile;
 mod pull;
 mod status;
 
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::ContainerdConfig(a) => containerd_config::run(a),
             cli::Command::Convert(a) => convert::run(a).await,
             cli::Command::Pull(a) => pull::run(a).await,
+            cli::Command::Profile(a) => profile::run(a).await,
         }
     });
     match result {

@@ -27,6 +27,8 @@ mod error;
 pub mod estargz;
 pub mod fuse;
 pub mod layer;
+pub mod mirror;
+pub mod profile;
 pub mod pull;
 pub mod service;
 pub mod tar;

@@ -67,8 +67,14 @@ fn cached_reads_through_fuse_against_local_disk() {
     let layer = Arc::new(LazyLayer::open(&blob, &written.annotations).expect("open").expect("lazy"));
     let mnt = work.path().join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    let mounted =
-        snapshotter::fuse::mount(layer, Arc::new(blob), work.path().join("cache"), &mnt, Some(0), Default::default()).expect("mount");
+    let mounted = snapshotter::fuse::mount(
+        layer,
+        Arc::new(blob),
+        work.path().join("cache"),
+        &mnt,
+        snapshotter::fuse::MountOptions { prefetch: Some(0), ..Default::default() },
+    )
+    .expect("mount");
     let deadline = Instant::now() + Duration::from_secs(600);
     while !mounted.prefetch_done.load(Ordering::Relaxed) {
         assert!(Instant::now() < deadline, "the prefetch did not finish");

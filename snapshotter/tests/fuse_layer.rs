@@ -165,9 +165,8 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
         .and_then(|p| p.split(':').next()?.parse().ok())
         .expect("toc position");
     let blob_len = blob.len() as u64;
-    let mounted =
-        snapshotter::fuse::mount(layer.clone(), Arc::new(blob.clone()), work.path().join("cache"), &mnt, None, Default::default())
-            .expect("mount");
+    let mounted = snapshotter::fuse::mount(layer.clone(), Arc::new(blob.clone()), work.path().join("cache"), &mnt, Default::default())
+        .expect("mount");
 
     // Reading one small file fetches its chunks, not the layer.
     assert_eq!(std::fs::read(mnt.join("usr/bin/small")).expect("read"), b"#!/bin/sh\necho hi\n");
@@ -219,8 +218,7 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
 
     // A blob that cannot be read: EIO within the read, no hang.
     let failing = Arc::new(TocOnly { blob, toc_from });
-    let mounted =
-        snapshotter::fuse::mount(layer.clone(), failing, work.path().join("cache2"), &mnt, None, Default::default()).expect("mount");
+    let mounted = snapshotter::fuse::mount(layer.clone(), failing, work.path().join("cache2"), &mnt, Default::default()).expect("mount");
     let started = Instant::now();
     let err = std::fs::read(mnt.join("usr/bin/big")).expect_err("a read of an unreachable chunk fails");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -263,8 +261,14 @@ fn a_prefetched_layer_stays_readable_with_the_network_gone() {
     let (blob, written) = write_tar(std::fs::File::open(&tar).expect("tar"), Vec::new(), WriteOptions::default()).expect("convert");
     let layer = Arc::new(LazyLayer::open(&blob, &written.annotations).expect("open").expect("lazy"));
     let switch = Arc::new(Switch { blob, online: true.into() });
-    let mounted =
-        snapshotter::fuse::mount(layer, switch.clone(), work.path().join("cache"), &mnt, Some(0), Default::default()).expect("mount");
+    let mounted = snapshotter::fuse::mount(
+        layer,
+        switch.clone(),
+        work.path().join("cache"),
+        &mnt,
+        snapshotter::fuse::MountOptions { prefetch: Some(0), ..Default::default() },
+    )
+    .expect("mount");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !mounted.prefetch_done.load(Ordering::Relaxed) {
         assert!(Instant::now() < deadline, "the prefetch did not finish");

@@ -162,3 +162,54 @@ async fn ctr_remote_images_run_lazily() {
         assert_eq!(out.trim(), "written by ctr-remote", "{format}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ferry_profile_records_what_a_command_reads_in_order_for_convert() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-profile");
+    let model = random_bytes(11, 6 << 20);
+    let other = random_bytes(12, 2 << 20);
+    let image = build_busybox_with(work.path(), "profiled", &[("opt/model.bin", &model), ("opt/other.bin", &other)]);
+    push(&image, &registry, "test/prof:src");
+    let host = registry.host_port();
+    convert(&format!("{host}/test/prof:src"), &format!("{host}/test/prof:chunked"));
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
+    ferry_pull(&ferry, &containerd, "registry.local/test/prof:chunked");
+
+    let out_file = work.path().join("startup.txt");
+    let out = run_cmd(
+        Command::new(FERRY_BIN)
+            .args(["profile", "registry.local/test/prof:chunked", "--registry-listen", &ferry.registry_addr, "-o"])
+            .arg(&out_file)
+            .arg("--address")
+            .arg(containerd.socket())
+            .args(["--", "/bin/busybox", "sh", "-c", "cat /etc/ferry-e2e; busybox tail -c 100 /opt/model.bin > /dev/null"]),
+        Duration::from_secs(120),
+    );
+    assert!(out.success, "ferry profile: {}\n{}\n{}", out.stdout, out.stderr, ferry.log());
+    let text = std::fs::read_to_string(&out_file).expect("the profile file");
+    let lines: Vec<(&str, u64, u64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0], f[1].parse().expect("offset"), f[2].parse().expect("length"))
+        })
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.0).collect();
+    assert_eq!(names.first(), Some(&"bin/busybox"), "the executable is read first: {text}\n{}", out.stderr);
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} is not in the profile:\n{text}"));
+    assert!(pos("etc/ferry-e2e") < pos("opt/model.bin"), "first-access order: {text}");
+    assert!(!names.contains(&"opt/other.bin"), "a file nobody read is not in the profile: {text}");
+    let model_ranges: Vec<_> = lines.iter().filter(|l| l.0 == "opt/model.bin").collect();
+    assert!(
+        model_ranges.iter().all(|l| l.1 + l.2 == model.len() as u64 && l.2 < model.len() as u64 / 2),
+        "only the model's tail chunk was read: {model_ranges:?}"
+    );
+
+    // The profile is what `ferry convert --prioritize` takes.
+    let mut again = Command::new(FERRY_BIN);
+    again.args(["convert", &format!("{host}/test/prof:src"), &format!("{host}/test/prof:tuned"), "--prioritize"]).arg(&out_file);
+    let converted = run_cmd(&mut again, Duration::from_secs(120));
+    assert!(converted.success, "ferry convert --prioritize: {}\n{}", converted.stdout, converted.stderr);
+}

@@ -16,6 +16,7 @@ use p2p_node::layers::LazyStats;
 use fuser::{FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request};
 
 use super::cache::ChunkCache;
+use super::recorder::{Access, Recorder};
 use super::tree::{xattr_list, NodeKind, Tree};
 use crate::blob::ReadAt;
 use crate::layer::LazyLayer;
@@ -31,13 +32,21 @@ pub struct LayerFs {
     pub blob: Arc<dyn ReadAt>,
     pub cache: Arc<ChunkCache>,
     pub stats: Arc<LazyStats>,
+    /// Where reads are recorded, and this layer's number there.
+    recorder: Option<(Arc<Recorder>, usize)>,
 }
 
 impl LayerFs {
     /// `stats` counts what this layer does (shared with the node's other lazy layers, or not).
-    pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache_dir: PathBuf, stats: Arc<LazyStats>) -> std::io::Result<LayerFs> {
+    pub fn new(
+        layer: Arc<LazyLayer>,
+        blob: Arc<dyn ReadAt>,
+        cache_dir: PathBuf,
+        stats: Arc<LazyStats>,
+        recorder: Option<(Arc<Recorder>, usize)>,
+    ) -> std::io::Result<LayerFs> {
         let tree = Tree::build(&layer.toc);
-        Ok(LayerFs { tree, layer, blob, cache: Arc::new(ChunkCache::open(cache_dir)?), stats })
+        Ok(LayerFs { tree, layer, blob, cache: Arc::new(ChunkCache::open(cache_dir)?), stats, recorder })
     }
 
     fn entry(&self, ino: u64) -> Option<&Entry> {
@@ -177,6 +186,12 @@ impl Filesystem for LayerFs {
         let Some(index) = self.tree.get(ino).and_then(|n| n.entry) else { return reply.error(libc::ENOENT) };
         let (layer, blob, cache, stats) = (self.layer.clone(), self.blob.clone(), self.cache.clone(), self.stats.clone());
         let offset = offset.max(0) as u64;
+        if let Some((recorder, layer_no)) = &self.recorder {
+            let end = offset + u64::from(size);
+            for c in layer.toc.entries[index].chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > offset) {
+                recorder.touch(Access { layer: *layer_no, entry: index, offset: c.file_offset, len: c.size });
+            }
+        }
         let work = move || {
             let entry = &layer.toc.entries[index];
             stats.reading.fetch_add(1, Ordering::Relaxed);

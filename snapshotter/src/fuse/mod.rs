@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod fs;
 pub mod prefetch;
+pub mod recorder;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -36,18 +37,28 @@ impl Drop for Mounted {
     }
 }
 
+/// How a layer is mounted.
+#[derive(Debug, Default, Clone)]
+pub struct MountOptions {
+    /// A background thread fetches the whole layer, startup chunks first, at most this many
+    /// bytes per second (0: no cap); `None`: only what is read is fetched.
+    pub prefetch: Option<u64>,
+    /// Counts what the layer does.
+    pub stats: Arc<LazyStats>,
+    /// Records reads, this layer numbered as given.
+    pub recorder: Option<(Arc<recorder::Recorder>, usize)>,
+}
+
 /// Mounts `layer` (read from `blob`, chunks cached in `cache_dir`) read-only at `mountpoint`.
-/// With `prefetch`, a background thread fetches the whole layer, startup chunks first, at most
-/// that many bytes per second (0: no cap). `stats` counts what the layer does.
 pub fn mount(
     layer: Arc<LazyLayer>,
     blob: Arc<dyn ReadAt>,
     cache_dir: PathBuf,
     mountpoint: &Path,
-    prefetch: Option<u64>,
-    stats: Arc<LazyStats>,
+    opts: MountOptions,
 ) -> Result<Mounted, Error> {
-    let fs = fs::LayerFs::new(layer, blob, cache_dir, stats.clone()).map_err(|e| Error::io("opening the chunk cache", e))?;
+    let MountOptions { prefetch, stats, recorder } = opts;
+    let fs = fs::LayerFs::new(layer, blob, cache_dir, stats.clone(), recorder).map_err(|e| Error::io("opening the chunk cache", e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let prefetch_done = Arc::new(AtomicBool::new(false));
     let job = prefetch.map(|rate| prefetch::Prefetch {

@@ -57,18 +57,22 @@ impl Source {
 
     /// Opens the layer (its TOC, verified against the annotation) and mounts it at `dir/fs`.
     pub fn mount(&self, record: &LayerRecord, dir: &Path) -> Result<Mounted, (Fallback, Error)> {
-        let blob: Arc<dyn ReadAt> = Arc::new(MirrorBlob { mirror: self.mirror, record: record.clone() });
+        let blob = mirror_blob(self.mirror, record.clone());
         let layer = match LazyLayer::open(blob.as_ref(), &record.annotations) {
             Ok(Some(layer)) => layer,
             Ok(None) => return Err((Fallback::NotLazy, Error::NotLazy(format!("layer {}", record.digest)))),
             Err(e) => return Err((Fallback::BadToc, e)),
         };
-        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), self.prefetch_rate, self.stats.clone())
-            .map_err(|e| (Fallback::Mount, e))
+        let opts = fuse::MountOptions { prefetch: self.prefetch_rate, stats: self.stats.clone(), recorder: None };
+        fuse::mount(Arc::new(layer), blob, dir.join("cache"), &dir.join("fs"), opts).map_err(|e| (Fallback::Mount, e))
     }
 }
 
-/// A layer blob read with Range requests from the node's own mirror.
+/// The layer blob `record` names, read with Range requests from the node's mirror at `mirror`.
+pub(crate) fn mirror_blob(mirror: SocketAddr, record: LayerRecord) -> Arc<dyn ReadAt> {
+    Arc::new(MirrorBlob { mirror, record })
+}
+
 struct MirrorBlob {
     mirror: SocketAddr,
     record: LayerRecord,
