@@ -213,3 +213,46 @@ async fn ferry_profile_records_what_a_command_reads_in_order_for_convert() {
     let converted = run_cmd(&mut again, Duration::from_secs(120));
     assert!(converted.success, "ferry convert --prioritize: {}\n{}", converted.stdout, converted.stderr);
 }
+
+/// What a container running on a lazy layer sees when the node is killed and restarted: the
+/// restarted node mounts the layer again for new containers, but the running container's overlay
+/// still stacks the old FUSE mount, whose daemon is gone. It must get errors, never wrong bytes,
+/// never a hang; a new container reads everything. The outcome is printed (the README quotes it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restart_under_a_running_lazy_container() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-restart");
+    let a = random_bytes(21, 2 << 20);
+    let b = random_bytes(22, 2 << 20);
+    let image = build_busybox_with(work.path(), "restart", &[("opt/a.bin", &a), ("opt/b.bin", &b)]);
+    push(&image, &registry, "test/restart:src");
+    let host = registry.host_port();
+    convert(&format!("{host}/test/restart:src"), &format!("{host}/test/restart:chunked"));
+    let (mut ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
+    let reference = "registry.local/test/restart:chunked";
+    ferry_pull(&ferry, &containerd, reference);
+
+    let script = "sha256sum /opt/a.bin; sleep 5; sha256sum /opt/a.bin; sha256sum /opt/b.bin; ls /opt; echo end";
+    let mut long = Command::new("ctr");
+    long.arg("--address").arg(containerd.socket()).args(["run", "--rm", "--snapshotter", "ferry", reference, "restart-long"]);
+    long.args(["/bin/busybox", "sh", "-c", script]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let long = long.spawn().expect("spawn ctr run");
+    std::thread::sleep(Duration::from_secs(2));
+    ferry.restart().await;
+    let restarted = std::time::Instant::now();
+    let out = long.wait_with_output().expect("ctr run");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("the running container across the restart (ended {:?} after it):\n{stdout}{stderr}", restarted.elapsed());
+    assert!(restarted.elapsed() < Duration::from_secs(30), "the running container hung");
+    let sum_a = crate::harness::sha256_hex(&a);
+    let sum_b = crate::harness::sha256_hex(&b);
+    for line in stdout.lines().filter(|l| l.contains("/opt/")) {
+        let sum = line.split_whitespace().next().unwrap_or_default();
+        assert!(sum == sum_a || sum == sum_b || !sum.chars().all(|c| c.is_ascii_hexdigit()), "wrong bytes: {line}");
+    }
+    assert!(stdout.lines().next().is_some_and(|l| l.starts_with(&sum_a)), "read before the restart: {stdout}");
+
+    // New containers get the remounted layer and read everything.
+    let both = run(&containerd, reference, "restart-new", &["/bin/busybox", "sha256sum", "/opt/a.bin", "/opt/b.bin"]);
+    assert!(both.contains(&sum_a) && both.contains(&sum_b), "after the restart: {both}\n{}", ferry.log());
+}
