@@ -186,3 +186,22 @@ impl Mirror {
         Ok(resp.bytes_stream().map(move |c| c.map_err(|e| Error::Mirror { what: what.clone(), why: e.to_string() })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_parse_or_say_what_is_wrong() {
+        let r = ImageRef::parse("registry.local:5000/ml/torch:2.4").expect("parses");
+        assert_eq!((r.host.as_str(), r.repo.as_str(), r.reference.as_str()), ("registry.local:5000", "ml/torch", "2.4"));
+        assert_eq!(r.to_string(), "registry.local:5000/ml/torch:2.4");
+        assert_eq!(ImageRef::parse("localhost/a").expect("parses").reference, "latest");
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(ImageRef::parse(&format!("r.io/a@{d}")).expect("parses").to_string(), format!("r.io/a@{d}"));
+        for bad in ["ubuntu:22.04", "r.io/", "r.io/A/b", "r.io/a@sha256:xyz", "r.io/a:t$g", "r.io/a//b"] {
+            let e = ImageRef::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+}

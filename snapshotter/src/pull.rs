@@ -74,7 +74,7 @@ pub async fn pull(image: &ImageRef, opts: &PullOptions) -> Result<PullReport, Er
 
     let mut cd = Containerd::connect(&opts.containerd, &opts.namespace).await?;
     cd.lease().await?;
-    let result = async {
+    let result: Result<Vec<LayerReport>, Error> = async {
         let sn = &opts.snapshotter;
         // Content first, labelled as containerd's pull labels it, so that once the image record
         // exists the garbage collector keeps the config, the manifest and the snapshots.
@@ -82,7 +82,7 @@ pub async fn pull(image: &ImageRef, opts: &PullOptions) -> Result<PullReport, Er
         if let Some(top_chain) = chains.last() {
             config_labels.insert(format!("containerd.io/gc.ref.snapshot.{sn}"), top_chain.to_string());
         }
-        cd.write_content(&wire(&config_desc), config_labels, once(config.clone())).await?;
+        cd.write_content(&wire(&config_desc), config_labels, once(config)).await?;
         let mut labels: HashMap<String, String> =
             [("containerd.io/gc.ref.content.config".to_string(), config_desc.digest.to_string())].into();
         for (i, l) in layers.iter().enumerate() {
@@ -98,34 +98,14 @@ pub async fn pull(image: &ImageRef, opts: &PullOptions) -> Result<PullReport, Er
         let mut parent = String::new();
         for ((layer, diff_id), chain) in layers.iter().zip(&diff_ids).zip(&chains) {
             let chain = chain.to_string();
-            let outcome = if cd.has_snapshot(sn, &chain).await? {
-                LayerOutcome::Present
-            } else {
-                let labels: HashMap<String, String> = [
-                    ("containerd.io/snapshot.ref", chain.clone()),
-                    ("containerd.io/snapshot/cri.layer-digest", layer.digest.to_string()),
-                    ("containerd.io/snapshot/cri.image-ref", image.to_string()),
-                    ("containerd.io/snapshot/cri.manifest-digest", manifest.desc.digest.clone()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-                let key = format!("extract-{} {chain}", unique());
-                match cd.prepare(sn, &key, &parent, labels).await? {
-                    Prepared::Exists => LayerOutcome::Lazy,
-                    Prepared::Mounts(mounts) => {
-                        let unpacked = unpack(&cd, &mirror, layer, diff_id, mounts).await;
-                        match unpacked {
-                            Ok(()) => cd.commit(sn, &chain, &key).await?,
-                            Err(e) => {
-                                let _ = cd.remove(sn, &key).await;
-                                return Err(e);
-                            }
-                        }
-                        LayerOutcome::Unpacked
-                    }
-                }
-            };
+            let labels = [
+                ("containerd.io/snapshot.ref", chain.clone()),
+                ("containerd.io/snapshot/cri.layer-digest", layer.digest.to_string()),
+                ("containerd.io/snapshot/cri.image-ref", image.to_string()),
+                ("containerd.io/snapshot/cri.manifest-digest", manifest.desc.digest.clone()),
+            ];
+            let labels = labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let outcome = snapshot(&cd, &mirror, sn, &parent, &chain, labels, layer, diff_id).await?;
             tracing::info!(layer = %layer.digest, ?outcome, "layer ready");
             reports.push(LayerReport { digest: layer.digest, size: layer.size, outcome });
             parent = chain;
@@ -139,6 +119,37 @@ pub async fn pull(image: &ImageRef, opts: &PullOptions) -> Result<PullReport, Er
     ended?;
     let manifest = manifest.desc.digest.parse()?;
     Ok(PullReport { image: image.to_string(), manifest, layers, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Makes the snapshot `chain` of `layer` on top of `parent`: already there, mounted lazily by
+/// the snapshotter, or unpacked (and removed again if that fails).
+#[allow(clippy::too_many_arguments)]
+async fn snapshot(
+    cd: &Containerd,
+    mirror: &Mirror,
+    sn: &str,
+    parent: &str,
+    chain: &str,
+    labels: HashMap<String, String>,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<LayerOutcome, Error> {
+    if cd.has_snapshot(sn, chain).await? {
+        return Ok(LayerOutcome::Present);
+    }
+    let key = format!("extract-{} {chain}", unique());
+    let mounts = match cd.prepare(sn, &key, parent, labels).await? {
+        Prepared::Exists => return Ok(LayerOutcome::Lazy),
+        Prepared::Mounts(mounts) => mounts,
+    };
+    match unpack(cd, mirror, layer, diff_id, mounts).await {
+        Ok(()) => cd.commit(sn, chain, &key).await?,
+        Err(e) => {
+            let _ = cd.remove(sn, &key).await;
+            return Err(e);
+        }
+    }
+    Ok(LayerOutcome::Unpacked)
 }
 
 /// Downloads `layer` through the mirror into containerd's content store and unpacks it onto

@@ -256,3 +256,36 @@ async fn a_node_restart_under_a_running_lazy_container() {
     let both = run(&containerd, reference, "restart-new", &["/bin/busybox", "sha256sum", "/opt/a.bin", "/opt/b.bin"]);
     assert!(both.contains(&sum_a) && both.contains(&sum_b), "after the restart: {both}\n{}", ferry.log());
 }
+
+/// Bad input gets a clear error and changes nothing in containerd: an unknown image, a digest
+/// that does not match what the registry sends, a reference without a registry, and profiling
+/// an image whose layers are not lazy.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_pulls_and_profiles_fail_clearly_and_leave_nothing() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("lazy-bad");
+    let image = build_busybox(work.path(), "bad input");
+    push(&image, &registry, "test/bad:latest");
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
+    let attempt = |args: &[&str]| {
+        let mut cmd = Command::new(FERRY_BIN);
+        cmd.arg(args[0]).args(["--registry-listen", &ferry.registry_addr]).arg("--address").arg(containerd.socket()).args(&args[1..]);
+        let out = run_cmd(&mut cmd, Duration::from_secs(60));
+        assert!(!out.success, "{args:?} succeeded: {}", out.stdout);
+        out.stderr
+    };
+    let unknown = attempt(&["pull", "registry.local/test/none:latest"]);
+    assert!(unknown.contains("registry.local/test/none:latest") && unknown.contains("404"), "{unknown}");
+    let wrong = format!("registry.local/test/bad@sha256:{}", "0".repeat(64));
+    let mismatch = attempt(&["pull", &wrong]);
+    assert!(mismatch.contains("sha256:000000"), "{mismatch}");
+    let no_host = attempt(&["pull", "test/bad:latest"]);
+    assert!(no_host.contains("name the registry host"), "{no_host}");
+    let not_lazy = attempt(&["profile", "registry.local/test/bad:latest", "--", "/bin/true"]);
+    assert!(not_lazy.contains("ferry convert"), "{not_lazy}");
+
+    let images = containerd.ctr(&["image", "ls", "-q"], Duration::from_secs(20)).stdout;
+    assert!(images.trim().is_empty(), "failed pulls left images: {images}");
+    let snapshots = containerd.ctr(&["snapshot", "--snapshotter", "ferry", "ls"], Duration::from_secs(20)).stdout;
+    assert_eq!(snapshots.lines().count(), 1, "failed pulls left snapshots: {snapshots}");
+}
