@@ -287,13 +287,21 @@ impl Fetcher {
 
     /// Streams `range` of the blob in order. The first item tells whether anything can be sent;
     /// an error after that ends the body early. With `whole`, the last piece waits for verification.
-    pub fn stream(self: &Arc<Self>, blob: OpenBlob, range: Range<u64>, whole: bool) -> mpsc::Receiver<Result<Bytes, Error>> {
+    /// Peer bytes wait for the whole blob's verification unless the client verifies them itself
+    /// (`client_verifies`: a lazy reader checking each chunk against its TOC).
+    pub fn stream(
+        self: &Arc<Self>,
+        blob: OpenBlob,
+        range: Range<u64>,
+        whole: bool,
+        client_verifies: bool,
+    ) -> mpsc::Receiver<Result<Bytes, Error>> {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let me = self.clone();
         self.tasks.spawn(async move {
             let result = match &blob.source {
                 Source::Complete(r) => me.send_complete(r.clone(), range, &tx).await,
-                Source::Partial(p) => me.send_partial(&blob, p.clone(), range, whole, &tx).await,
+                Source::Partial(p) => me.send_partial(&blob, p.clone(), range, whole, client_verifies, &tx).await,
             };
             if let Err(e) = result {
                 tracing::warn!(digest = %blob.digest, error = %e, "blob stream failed");
@@ -325,6 +333,7 @@ impl Fetcher {
         p: Arc<Partial>,
         range: Range<u64>,
         whole: bool,
+        client_verifies: bool,
         tx: &mpsc::Sender<Result<Bytes, Error>>,
     ) -> Result<(), Error> {
         let mut offset = range.start;
@@ -333,9 +342,9 @@ impl Fetcher {
             let end = piece_end.min(range.end).min(offset + CHUNK as u64);
             self.wait_ready(blob, &p, offset..end, range.end).await?;
             let piece = p.pieces_of(offset..end).start;
-            // Peer bytes wait for the whole blob's verification; so does the last piece of a
-            // whole-blob response.
-            if (whole && end == p.size()) || !p.trusted(piece..piece + 1) {
+            // Peer bytes wait for the whole blob's verification (unless the client checks them);
+            // so does the last piece of a whole-blob response.
+            if (whole && end == p.size()) || (!client_verifies && !p.trusted(piece..piece + 1)) {
                 self.wait_verified(blob, &p).await?;
             }
             let source = if blob.present_at_open.as_ref().is_some_and(|m| m.get(piece)) {

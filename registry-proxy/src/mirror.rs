@@ -27,6 +27,10 @@ pub struct Mirror {
     pub layer_index: Option<crate::layer_index::LayerIndex>,
 }
 
+/// Request header by which a client of a byte range says it verifies what it reads (value
+/// `chunks`), so bytes from peers may reach it before the whole blob is verified.
+pub const CLIENT_VERIFIES: &str = "x-ferry-client-verifies";
+
 impl Mirror {
     pub async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
@@ -71,7 +75,10 @@ impl Mirror {
                     let b = blob_head(StatusCode::OK, size, &digest, cached);
                     return b.body(empty()).map_err(internal);
                 }
-                self.blob(up, &name, digest, range).await
+                // A client that checks what it reads itself (the snapshotter: every chunk against
+                // the TOC) may take peer bytes before the whole blob is verified.
+                let client_verifies = range.is_some() && headers.get(CLIENT_VERIFIES).is_some_and(|v| v == "chunks");
+                self.blob(up, &name, digest, range, client_verifies).await
             }
         }
     }
@@ -109,6 +116,7 @@ impl Mirror {
         name: &Repo,
         digest: p2p_node::Digest,
         range: Option<ByteRange>,
+        client_verifies: bool,
     ) -> Result<Response<Body>, Error> {
         let blob = self.fetcher.open(&up, name, &digest, range.is_none()).await?;
         self.metrics.hit("blob", blob.cached);
@@ -126,7 +134,7 @@ impl Mirror {
             return b.body(empty()).map_err(internal);
         }
         // Wait for the first chunk before answering, so a failure before any byte is a clean error.
-        let mut rx = self.fetcher.stream(blob, bytes, range.is_none());
+        let mut rx = self.fetcher.stream(blob, bytes, range.is_none(), client_verifies);
         let first = match rx.recv().await {
             Some(Ok(first)) => first,
             Some(Err(e)) => return Err(e),

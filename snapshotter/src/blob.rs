@@ -8,6 +8,11 @@ pub trait ReadAt: Send + Sync {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; an error if the blob ends first.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The same blob read only from bytes its source verified itself, when [`ReadAt::read_at`]
+    /// may give bytes nobody checked yet (the caller checks them); `None` when it never does.
+    fn verified(&self) -> Option<&dyn ReadAt> {
+        None
+    }
 }
 
 impl ReadAt for std::fs::File {

@@ -42,9 +42,17 @@ impl LazyLayer {
 
     /// A chunk's bytes, verified against its digest.
     pub fn read_chunk(&self, blob: &dyn ReadAt, chunk: &Chunk) -> Result<Vec<u8>, Error> {
-        match self.format {
+        let read = |blob: &dyn ReadAt| match self.format {
             Format::ZstdChunked => zstd_chunked::read_chunk(blob, chunk),
             Format::Estargz => estargz::read_chunk(blob, chunk),
+        };
+        match (read(blob), blob.verified()) {
+            // Unchecked bytes (from a peer) that fail the chunk's digest: read verified ones.
+            (Err(e @ (Error::DigestMismatch { .. } | Error::Malformed { .. })), Some(verified)) => {
+                tracing::warn!(offset = chunk.blob_range.start, error = %e, "a chunk failed verification; reading verified bytes");
+                read(verified)
+            }
+            (result, _) => result,
         }
     }
 }
@@ -63,6 +71,27 @@ mod tests {
         assert_eq!(layer.format, Format::Estargz);
         let (_, chunk) = layer.toc.chunks().next().expect("a chunk");
         assert_eq!(layer.read_chunk(&fixture, chunk).expect("chunk").len() as u64, chunk.size);
+
+        // Unchecked bytes that fail the chunk digest are read again from the verified source.
+        struct Lying(Vec<u8>, Vec<u8>, bool);
+        impl ReadAt for Lying {
+            fn size(&self) -> u64 {
+                self.0.len() as u64
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+                self.0.read_at(buf, offset)
+            }
+            fn verified(&self) -> Option<&dyn ReadAt> {
+                self.2.then_some(&self.1 as &dyn ReadAt)
+            }
+        }
+        let mut bad = fixture.clone();
+        for b in &mut bad[chunk.blob_range.start as usize..chunk.blob_range.end as usize] {
+            *b ^= 0x55;
+        }
+        assert!(layer.read_chunk(&Lying(bad.clone(), fixture.clone(), false), chunk).is_err(), "bad bytes are refused");
+        let good = layer.read_chunk(&fixture, chunk).expect("chunk");
+        assert_eq!(layer.read_chunk(&Lying(bad, fixture.clone(), true), chunk).expect("read again, verified"), good);
 
         let wrong = BTreeMap::from([(estargz::TOC_DIGEST_ANNOTATION.to_string(), Digest::of(b"x").to_string())]);
         assert!(LazyLayer::open(&fixture, &wrong).is_err(), "a TOC that does not match its annotation is refused");

@@ -1,4 +1,4 @@
-//! The swarm between ferry nodes (P2P fetching itself is not built yet): nodes holding the
+//! The swarm between ferry nodes on loopback: nodes holding the
 //! cluster key join each other and show their peers in `ferry status`; a node with another key
 //! never appears; a node asked to run P2P without a key refuses to start.
 
@@ -90,4 +90,51 @@ fn p2p_without_a_cluster_key_refuses_to_start() {
     );
     assert!(!out.success, "started without a cluster key");
     assert!(out.stderr.contains("--psk-file"), "the error says what to do: {}", out.stderr);
+}
+
+/// A lazy reader (the snapshotter) checks every chunk itself, so a byte range it asks for with
+/// `X-Ferry-Client-Verifies: chunks` comes from a peer at once; any other range of peer bytes
+/// waits until the whole blob is fetched and verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_bytes_reach_a_range_reader_early_only_if_it_verifies_them() {
+    let registry = Registry::plain().await;
+    let work = temp_dir("p2p-ranges");
+    let psk = key(work.path(), "site.key");
+    let blob = crate::harness::random_bytes(31, 24 << 20);
+    let digest = crate::harness::image::push_blob(&registry, "test/lazy", &blob).await;
+    let port_a = free_port();
+    let a = p2p_node(&registry, &psk, port_a, None).await;
+    let a_id = status(&a)["p2p"]["peer_id"].as_str().expect("peer id").to_string();
+    let http = crate::harness::http_client();
+    let url = |node: &FerryNode| format!("{}/v2/test/lazy/blobs/{digest}?ns=registry.local", node.url());
+    // A holds the blob before B joins (so B is given no share of it to fetch from the origin).
+    let whole = http.get(url(&a)).send().await.expect("GET from A").bytes().await.expect("body");
+    assert_eq!(whole.len(), blob.len(), "node A holds the blob");
+    let b = p2p_node(&registry, &psk, free_port(), Some(format!("/ip4/127.0.0.1/tcp/{port_a}/p2p/{a_id}"))).await;
+    wait_for("node B to see node A", Duration::from_secs(20), || {
+        let n = status(&b)["p2p"]["peers"].as_array().map_or(0, Vec::len);
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+
+    let range = |start: usize, verifies: bool| {
+        let mut r = http.get(url(&b)).header("range", format!("bytes={start}-{}", start + 4095));
+        if verifies {
+            r = r.header("x-ferry-client-verifies", "chunks");
+        }
+        r.send()
+    };
+    let early = range(8 << 20, true).await.expect("range from B");
+    assert_eq!(early.status(), 206);
+    assert_eq!(&early.bytes().await.expect("body")[..], &blob[8 << 20..(8 << 20) + 4096]);
+    let served = b.metric("ferry_bytes_served_total", &[("source", "peer")]).await;
+    assert!(served > 0.0, "the range came from the peer:\n{}\n{}", b.metrics_text().await, b.log());
+    let partial = status(&b)["transfers"].as_array().cloned().unwrap_or_default();
+    let present = partial.iter().find(|t| t["digest"] == digest.as_str()).map(|t| t["present_bytes"].as_u64().unwrap_or(0));
+    assert!(present.is_some_and(|p| p < blob.len() as u64 / 2), "a few pieces, not the whole blob, were fetched: {partial:?}");
+
+    let strict = range(20 << 20, false).await.expect("range from B");
+    assert_eq!(&strict.bytes().await.expect("body")[..], &blob[20 << 20..(20 << 20) + 4096]);
+    let left = status(&b)["transfers"].as_array().cloned().unwrap_or_default();
+    assert!(left.iter().all(|t| t["digest"] != digest.as_str()), "without the header the whole blob was verified first: {left:?}");
 }

@@ -69,18 +69,27 @@ impl Source {
 }
 
 /// The layer blob `record` names, read with Range requests from the node's mirror at `mirror`.
+/// Reads take bytes from peers before the mirror verified the whole blob (each chunk is checked
+/// against the TOC anyway); a chunk that fails is read again from verified bytes only.
 pub(crate) fn mirror_blob(mirror: SocketAddr, record: LayerRecord) -> Arc<dyn ReadAt> {
-    Arc::new(MirrorBlob { mirror, record })
+    let verified = Box::new(MirrorBlob { mirror, record: record.clone(), verified: None });
+    Arc::new(MirrorBlob { mirror, record, verified: Some(verified) })
 }
 
 struct MirrorBlob {
     mirror: SocketAddr,
     record: LayerRecord,
+    /// This blob read without the client-verifies header; `None` on that one itself.
+    verified: Option<Box<MirrorBlob>>,
 }
 
 impl ReadAt for MirrorBlob {
     fn size(&self) -> u64 {
         self.record.size
+    }
+
+    fn verified(&self) -> Option<&dyn ReadAt> {
+        self.verified.as_deref().map(|v| v as &dyn ReadAt)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -91,9 +100,10 @@ impl ReadAt for MirrorBlob {
         let end = offset + buf.len() as u64 - 1;
         let mut stream = TcpStream::connect_timeout(&self.mirror, TIMEOUT)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
+        let verifies = if self.verified.is_some() { "X-Ferry-Client-Verifies: chunks\r\n" } else { "" };
         write!(
             stream,
-            "GET /v2/{}/blobs/{}?ns={} HTTP/1.1\r\nHost: {}\r\nRange: bytes={offset}-{end}\r\nConnection: close\r\n\r\n",
+            "GET /v2/{}/blobs/{}?ns={} HTTP/1.1\r\nHost: {}\r\nRange: bytes={offset}-{end}\r\n{verifies}Connection: close\r\n\r\n",
             r.repo, r.digest, r.registry, self.mirror
         )?;
         let mut reader = BufReader::new(stream);
