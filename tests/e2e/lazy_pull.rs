@@ -25,6 +25,16 @@ async fn node_and_containerd(registry: &Registry, work: &std::path::Path, prefet
     (ferry, containerd)
 }
 
+/// A registry holding a busybox image with `files` as `REPO:src`, and converted as `REPO:chunked`.
+async fn converted_busybox(work: &std::path::Path, marker: &str, files: &[(&str, &[u8])], repo: &str) -> Registry {
+    let registry = Registry::plain().await;
+    let image = build_busybox_with(work, marker, files);
+    push(&image, &registry, &format!("{repo}:src"));
+    let host = registry.host_port();
+    convert(&format!("{host}/{repo}:src"), &format!("{host}/{repo}:chunked"));
+    registry
+}
+
 fn convert(src: &str, dst: &str) {
     let out = run_cmd(Command::new(FERRY_BIN).args(["convert", src, dst]), Duration::from_secs(120));
     assert!(out.success, "ferry convert: {}\n{}", out.stdout, out.stderr);
@@ -58,13 +68,9 @@ fn fuse_mounts() -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
-    let registry = Registry::plain().await;
     let work = temp_dir("lazy-pull");
     let model = random_bytes(7, 24 << 20);
-    let image = build_busybox_with(work.path(), "lazy and running", &[("opt/model.bin", &model)]);
-    push(&image, &registry, "test/lazy:src");
-    let host = registry.host_port();
-    convert(&format!("{host}/test/lazy:src"), &format!("{host}/test/lazy:chunked"));
+    let registry = converted_busybox(work.path(), "lazy and running", &[("opt/model.bin", &model)], "test/lazy").await;
     let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
     let before_mounts = fuse_mounts();
 
@@ -165,14 +171,12 @@ async fn ctr_remote_images_run_lazily() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ferry_profile_records_what_a_command_reads_in_order_for_convert() {
-    let registry = Registry::plain().await;
     let work = temp_dir("lazy-profile");
     let model = random_bytes(11, 6 << 20);
     let other = random_bytes(12, 2 << 20);
-    let image = build_busybox_with(work.path(), "profiled", &[("opt/model.bin", &model), ("opt/other.bin", &other)]);
-    push(&image, &registry, "test/prof:src");
+    let files: &[(&str, &[u8])] = &[("opt/model.bin", &model), ("opt/other.bin", &other)];
+    let registry = converted_busybox(work.path(), "profiled", files, "test/prof").await;
     let host = registry.host_port();
-    convert(&format!("{host}/test/prof:src"), &format!("{host}/test/prof:chunked"));
     let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
     ferry_pull(&ferry, &containerd, "registry.local/test/prof:chunked");
 
@@ -220,14 +224,10 @@ async fn ferry_profile_records_what_a_command_reads_in_order_for_convert() {
 /// never a hang; a new container reads everything. The outcome is printed (the README quotes it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_restart_under_a_running_lazy_container() {
-    let registry = Registry::plain().await;
     let work = temp_dir("lazy-restart");
     let a = random_bytes(21, 2 << 20);
     let b = random_bytes(22, 2 << 20);
-    let image = build_busybox_with(work.path(), "restart", &[("opt/a.bin", &a), ("opt/b.bin", &b)]);
-    push(&image, &registry, "test/restart:src");
-    let host = registry.host_port();
-    convert(&format!("{host}/test/restart:src"), &format!("{host}/test/restart:chunked"));
+    let registry = converted_busybox(work.path(), "restart", &[("opt/a.bin", &a), ("opt/b.bin", &b)], "test/restart").await;
     let (mut ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
     let reference = "registry.local/test/restart:chunked";
     ferry_pull(&ferry, &containerd, reference);
