@@ -289,3 +289,29 @@ async fn bad_pulls_and_profiles_fail_clearly_and_leave_nothing() {
     let snapshots = containerd.ctr(&["snapshot", "--snapshotter", "ferry", "ls"], Duration::from_secs(20)).stdout;
     assert_eq!(snapshots.lines().count(), 1, "failed pulls left snapshots: {snapshots}");
 }
+
+/// A lazy layer whose TOC does not match its manifest's checksum is not mounted: `ferry pull`
+/// downloads and unpacks it instead, the container still runs, and the fallback is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_whose_toc_fails_verification_is_unpacked_instead() {
+    let work = temp_dir("lazy-bad-toc");
+    let registry = converted_busybox(work.path(), "bad toc", &[], "test/badtoc").await;
+    let client = registry.client();
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let url = |tag: &str| format!("{}/v2/test/badtoc/manifests/{tag}", registry.url());
+    let mut manifest: serde_json::Value =
+        client.get(url("chunked")).header("accept", mt).send().await.expect("GET").json().await.expect("JSON");
+    let annotations = manifest["layers"][0]["annotations"].as_object_mut().expect("annotations");
+    let key = "io.github.containers.zstd-chunked.manifest-checksum";
+    assert!(annotations.contains_key(key), "a zstd:chunked layer: {annotations:?}");
+    annotations.insert(key.to_string(), format!("sha256:{}", "1".repeat(64)).into());
+    let put = client.put(url("tampered")).header("content-type", mt).body(manifest.to_string()).send().await.expect("PUT");
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;
+    let reference = "registry.local/test/badtoc:tampered";
+    assert_eq!(ferry_pull(&ferry, &containerd, reference), ["unpacked"]);
+    assert_eq!(run(&containerd, reference, "badtoc", &["/bin/busybox", "cat", "/etc/ferry-e2e"]).trim(), "bad toc");
+    assert_eq!(ferry.metric("ferry_lazy_fallbacks_total", &[("reason", "bad_toc")]).await, 1.0);
+    assert_eq!(ferry.metric("ferry_lazy_layers_mounted", &[]).await, 0.0);
+}
