@@ -151,6 +151,16 @@ impl Upstream {
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, Error> {
         let what = format!("{method} {}", url.path());
+        let req = self.build(method, url, scope, headers, body);
+        match tokio::time::timeout(self.read_timeout, req.send()).await {
+            Err(_) => {
+                Err(Error::Timeout { what: format!("waiting for {} to answer {what}", self.host), secs: self.read_timeout.as_secs() })
+            }
+            Ok(result) => self.sent(result, what),
+        }
+    }
+
+    fn build(&self, method: Method, url: Url, scope: &str, headers: HeaderMap, body: Option<reqwest::Body>) -> reqwest::RequestBuilder {
         let mut req = self.http.request(method, url).headers(headers);
         if let Some(a) = self.auth.header_for(scope) {
             req = req.header(http::header::AUTHORIZATION, a);
@@ -158,13 +168,11 @@ impl Upstream {
         if let Some(b) = body {
             req = req.body(b);
         }
-        match tokio::time::timeout(self.read_timeout, req.send()).await {
-            Err(_) => {
-                Err(Error::Timeout { what: format!("waiting for {} to answer {what}", self.host), secs: self.read_timeout.as_secs() })
-            }
-            Ok(Err(e)) => Err(Error::UpstreamUnreachable { upstream: self.host.clone(), what, reason: error_chain(&e) }),
-            Ok(Ok(r)) => Ok(r),
-        }
+        req
+    }
+
+    fn sent(&self, result: reqwest::Result<reqwest::Response>, what: String) -> Result<reqwest::Response, Error> {
+        result.map_err(|e| Error::UpstreamUnreachable { upstream: self.host.clone(), what, reason: error_chain(&e) })
     }
 
     /// An error for an unexpected status.

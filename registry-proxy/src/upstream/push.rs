@@ -3,11 +3,14 @@
 //! against its digest before it is kept.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use p2p_node::{Digest, Hasher};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Upstream;
 use crate::names::Repo;
@@ -79,7 +82,16 @@ impl Upstream {
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
         // The POST settled authentication for this scope; a streamed body cannot be sent twice.
-        let done = self.send_once(Method::PUT, url, &scope, h, Some(reqwest::Body::from(file))).await?;
+        // An upload may take long; it fails only when it stops moving for `read_timeout`.
+        let progress = Arc::new(Progress::default());
+        let body = reqwest::Body::wrap_stream(file_chunks(file, progress.clone()));
+        let upload = self.build(Method::PUT, url, &scope, h, Some(body)).send();
+        let done = tokio::select! {
+            r = upload => self.sent(r, what.clone())?,
+            () = progress.stalled(self.read_timeout) => {
+                return Err(Error::Timeout { what: format!("{what}: no progress"), secs: self.read_timeout.as_secs() });
+            }
+        };
         if done.status() != StatusCode::CREATED {
             return Err(self.status_error(what, done.status()));
         }
@@ -100,5 +112,95 @@ impl Upstream {
             return Err(self.status_error(format!("manifest {reference} of {name}"), resp.status()));
         }
         Ok(digest)
+    }
+}
+
+/// When an upload's body last moved (milliseconds since it started).
+#[derive(Debug)]
+struct Progress {
+    started: Instant,
+    last: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress { started: Instant::now(), last: AtomicU64::new(0) }
+    }
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit` (the body, or the answer after it).
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let idle = self.started.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep((limit - idle).max(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+/// The file's bytes in 1 MiB chunks, noting progress as each is handed to the connection.
+fn file_chunks(file: tokio::fs::File, progress: Arc<Progress>) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::unfold(Some(file), move |file| {
+        let progress = progress.clone();
+        async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    progress.touch();
+                    Some((Ok(Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_upload_fails_only_when_it_stops_moving() {
+        let p = Arc::new(Progress::default());
+        let toucher = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    p.touch();
+                }
+            })
+        };
+        let started = Instant::now();
+        p.stalled(Duration::from_millis(200)).await;
+        toucher.await.expect("toucher");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(450), "moving for 300 ms, then 200 ms idle: stalled after {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn file_chunks_give_the_file_back_and_note_progress() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let p = Arc::new(Progress::default());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let file = tokio::fs::File::open(&path).await.expect("open");
+        let chunks: Vec<Bytes> = file_chunks(file, p.clone()).map(|c| c.expect("chunk")).collect().await;
+        assert_eq!(chunks.concat(), data);
+        assert!(p.last.load(Ordering::Relaxed) >= 20, "progress was noted");
     }
 }
