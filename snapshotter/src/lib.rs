@@ -1,6 +1,6 @@
 //! # snapshotter: everything containerd- and FUSE-specific
 //!
-//! Built so far: the lazy layer formats and the Snapshots service.
+//! The lazy layer formats, the Snapshots service, and the two commands that drive containerd.
 //! - [`toc`]: the table of contents both formats share, validated once into a [`toc::Toc`] whose
 //!   names are safe and whose chunks are contiguous, digested and inside the blob;
 //! - [`tar`]: a streaming tar reader that keeps each entry's raw header bytes;
@@ -9,7 +9,11 @@
 //! - [`layer`]: opens either format from a [`blob::ReadAt`] and reads verified chunks;
 //! - [`service`]: containerd's Snapshots API (a `proxy_plugins` snapshotter) with bind and
 //!   overlayfs mounts and metadata that survives restarts; lazy layers mounted through
-//! - [`fuse`]: the read-only layer filesystem built from a [`toc::Toc`].
+//! - [`fuse`]: the read-only layer filesystem built from a [`toc::Toc`];
+//! - [`convert`]: images to zstd:chunked, startup files first;
+//! - [`pull`]: `ferry pull`, an image into containerd with lazy layers mounted, over containerd's
+//!   own API ([`containerd`]) and the node's mirror ([`mirror`]);
+//! - [`profile`]: `ferry profile`, the chunks a command reads, for `convert --prioritize`.
 //!
 //! Planned: FUSE passthrough for fetched files.
 //!
@@ -18,7 +22,8 @@
 //!
 //! Invariants: no chunk byte is returned before it matched the chunk digest from a TOC whose own
 //! digest matched the manifest annotation; no path leaves the layer; every size read from a
-//! layer is bounded before anything is allocated for it. Depends only on `p2p-node`.
+//! layer is bounded before anything is allocated for it; bytes read unverified from the mirror
+//! (peer pieces) are used only after their chunk matched. Depends only on `p2p-node`.
 
 pub mod blob;
 pub mod containerd;
