@@ -148,12 +148,29 @@ pub struct ConvertArgs {
     pub output: OutputFormat,
 }
 
+/// How a client command finds the local node's mirror.
+#[derive(Debug, Args, Clone)]
+pub struct MirrorFlags {
+    /// TOML configuration file of the node (see deploy/ferry.toml).
+    #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the node's registry mirror [default: 127.0.0.1:5050].
+    #[arg(long, value_name = "ADDR")]
+    pub registry_listen: Option<SocketAddr>,
+}
+
+impl MirrorFlags {
+    pub fn node_flags(&self) -> NodeFlags {
+        NodeFlags { config: self.config.clone(), registry_listen: self.registry_listen, ..NodeFlags::default() }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PullArgs {
     /// The image: `HOST/REPO[:TAG|@DIGEST]`, HOST one of the node's upstreams.
     pub image: String,
     #[command(flatten)]
-    pub flags: NodeFlags,
+    pub mirror: MirrorFlags,
     /// containerd's socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock", value_name = "PATH")]
     pub address: PathBuf,
@@ -176,7 +193,7 @@ pub struct ProfileArgs {
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
     #[command(flatten)]
-    pub flags: NodeFlags,
+    pub mirror: MirrorFlags,
     /// Write the profile here instead of to standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -10,7 +10,7 @@ use crate::config;
 
 pub async fn run(args: ProfileArgs) -> Result<()> {
     let image = ImageRef::parse(&args.image)?;
-    let file = config::load(&args.flags)?;
+    let file = config::load(&args.mirror.node_flags())?;
     let opts = ProfileOptions {
         mirror: file.registry.listen,
         containerd: args.address.clone(),

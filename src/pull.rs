@@ -9,7 +9,7 @@ use crate::config;
 
 pub async fn run(args: PullArgs) -> Result<()> {
     let image = ImageRef::parse(&args.image)?;
-    let file = config::load(&args.flags)?;
+    let file = config::load(&args.mirror.node_flags())?;
     let opts = PullOptions {
         mirror: format!("http://{}", file.registry.listen),
         containerd: args.address.clone(),
