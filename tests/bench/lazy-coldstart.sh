@@ -449,9 +449,9 @@ push_and_convert() {
     in_wan skopeo copy -q --dest-tls-verify=false "oci:$LAYOUT:gzip" "docker://127.0.0.1:5000/$REPO:gzip" >&2 ||
         die "skopeo copy failed"
     local t0 status=0 dst=127.0.0.1:5000/$REPO:lazy want got
-    # ferry convert can push to the registry itself, but (at 7ae6515) it gives every upstream
+    # ferry convert can push to the registry itself, but before c7cd9d0 it gave every upstream
     # request 30 s (registry.read_timeout) including the upload of the body, so the PUT of the
-    # ~2.9 GB converted layer times out. CONVERT_TO=oci (the default) converts into an OCI
+    # ~2.9 GB converted layer timed out. CONVERT_TO=oci (the default) converts into an OCI
     # layout and pushes that with skopeo; CONVERT_TO=registry pushes directly.
     [[ ${CONVERT_TO:-oci} == registry ]] || dst=oci:$TMP/lazy-layout:lazy
     log "ferry convert $REPO:gzip -> $dst --prioritize ($PROFILE_FILES files)"
@@ -539,6 +539,7 @@ arm_full() {
     if run_container "$image" bench-full "$CTD/run.out"; then
         FULL_S=$(since "$t0")
         FULL_TX=$(($(wan_tx) - tx0))
+        LOADS[full]+=" to $(cut -d' ' -f1 /proc/loadavg)"
         log "arm full: $FULL_S s, $(mib "$FULL_TX") MiB on the wire"
     else
         fail "full: ctr run (log: $CTD/containerd.log)"
@@ -585,6 +586,7 @@ arm_lazy() {
             FETCHED[$rate]=$(ferry_metric '^ferry_origin_bytes_total')
             SERVED_ORIGIN[$rate]=$(ferry_metric '^ferry_bytes_served_total.*source="origin"')
             LAZY_TX[$rate]=$(($(wan_tx) - tx0))
+            LOADS[$rate]+=" to $(cut -d' ' -f1 /proc/loadavg)"
             sleep 1 # the access log line of a request is written when it ends
             REG_BYTES[$rate]=$(($(registry_blob_bytes) - reg0))
             log "arm $name: ${LAZY_S[$rate]} s; ferry_origin_bytes_total ${FETCHED[$rate]}" \
@@ -642,7 +644,7 @@ report() {
         fi
     done
     echo "(fetched bytes: lazy arms: ferry_origin_bytes_total when the run exited, against the zstd:chunked image;"
-    echo " full arm: tx_bytes of the registry's veth, against the gzip image; load: 1-min load average when the arm started)"
+    echo " full arm: tx_bytes of the registry's veth, against the gzip image; load: 1-min load average at the arm's start and end)"
     echo
     if [[ -n ${FULL_S:-} && -n ${LAZY_S[$first]:-} ]]; then
         ratio_s=$(ratio "${LAZY_S[$first]}" "$FULL_S")
