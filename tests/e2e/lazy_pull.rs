@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::harness::containerd::Containerd;
 use crate::harness::ferry::{FerryNode, FerryOptions, FERRY_BIN};
 use crate::harness::image::{build_busybox, build_busybox_with, push};
+use crate::harness::oci::{get_json, manifest_url};
 use crate::harness::registry::Registry;
 use crate::harness::{random_bytes, run_cmd, temp_dir};
 
@@ -109,16 +110,7 @@ async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
 
 /// `(digest, size)` of each layer of `repo:tag`, read from the registry.
 async fn registry_layers(registry: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
-    let manifest: serde_json::Value = registry
-        .client()
-        .get(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("manifest")
-        .json()
-        .await
-        .expect("manifest JSON");
+    let manifest = get_json(&manifest_url(&registry.url(), repo, tag)).await;
     manifest["layers"]
         .as_array()
         .expect("layers")
@@ -296,16 +288,14 @@ async fn bad_pulls_and_profiles_fail_clearly_and_leave_nothing() {
 async fn a_layer_whose_toc_fails_verification_is_unpacked_instead() {
     let work = temp_dir("lazy-bad-toc");
     let registry = converted_busybox(work.path(), "bad toc", &[], "test/badtoc").await;
-    let client = registry.client();
-    let mt = "application/vnd.oci.image.manifest.v1+json";
-    let url = |tag: &str| format!("{}/v2/test/badtoc/manifests/{tag}", registry.url());
-    let mut manifest: serde_json::Value =
-        client.get(url("chunked")).header("accept", mt).send().await.expect("GET").json().await.expect("JSON");
+    let url = |tag: &str| manifest_url(&registry.url(), "test/badtoc", tag);
+    let mut manifest = get_json(&url("chunked")).await;
     let annotations = manifest["layers"][0]["annotations"].as_object_mut().expect("annotations");
     let key = "io.github.containers.zstd-chunked.manifest-checksum";
     assert!(annotations.contains_key(key), "a zstd:chunked layer: {annotations:?}");
     annotations.insert(key.to_string(), format!("sha256:{}", "1".repeat(64)).into());
-    let put = client.put(url("tampered")).header("content-type", mt).body(manifest.to_string()).send().await.expect("PUT");
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let put = registry.client().put(url("tampered")).header("content-type", mt).body(manifest.to_string()).send().await.expect("PUT");
     assert!(put.status().is_success(), "{}", put.status());
 
     let (ferry, containerd) = node_and_containerd(&registry, work.path(), false).await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::harness::containerd::Containerd;
 use crate::harness::ferry::{FerryNode, FerryOptions};
 use crate::harness::image::{build_busybox, push};
+use crate::harness::oci::{blob_url, get_json, manifest_url};
 use crate::harness::registry::Registry;
 use crate::harness::temp_dir;
 
@@ -169,25 +170,10 @@ async fn a_lazy_layer_is_mounted_through_fuse_instead_of_unpacked() {
     options.extra_args = vec!["--snapshotter-socket".into(), socket.display().to_string()];
     let mut ferry = FerryNode::start(options).await;
     // The mirror indexes the image's layers when it serves the manifest.
-    let client = reqwest::Client::new();
-    let manifest: serde_json::Value = client
-        .get(format!("{}/v2/test/lazy/manifests/chunked?ns=registry.local", ferry.url()))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("manifest")
-        .json()
-        .await
-        .expect("manifest JSON");
-    let config_digest = manifest["config"]["digest"].as_str().expect("config").to_string();
-    let config: serde_json::Value = client
-        .get(format!("{}/v2/test/lazy/blobs/{config_digest}?ns=registry.local", ferry.url()))
-        .send()
-        .await
-        .expect("config")
-        .json()
-        .await
-        .expect("config JSON");
+    let base = ferry.url();
+    let manifest = get_json(&format!("{}?ns=registry.local", manifest_url(&base, "test/lazy", "chunked"))).await;
+    let config_digest = manifest["config"]["digest"].as_str().expect("config");
+    let config = get_json(&format!("{}?ns=registry.local", blob_url(&base, "test/lazy", config_digest))).await;
     let chain_id = config["rootfs"]["diff_ids"][0].as_str().expect("diff id").to_string(); // one layer: chain ID = diff ID
 
     let mut api = snapshotter::service::connect(&socket).await.expect("connect");

@@ -68,6 +68,14 @@ pub async fn get_ok(url: &str, headers: &[(&str, &str)]) -> Reply {
     get(url, headers).await.unwrap_or_else(|e| panic!("GET failed: {e}"))
 }
 
+/// GET `url` and parse its JSON body (a manifest with `MANIFEST_ACCEPT`, or a config),
+/// panicking on anything but a 200.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let reply = get_ok(url, &[("accept", MANIFEST_ACCEPT)]).await;
+    assert_eq!(reply.status, 200, "GET {url}: {}", String::from_utf8_lossy(&reply.body));
+    serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// Pulls `image` from `base` as `repo` by `reference` (tag or digest), with `query` appended to
 /// each URL (e.g. `?ns=registry.local` or ""), and checks every byte. Returns the
 /// `X-Ferry-Source` of each blob reply, in manifest order (config first).
