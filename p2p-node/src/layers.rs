@@ -56,22 +56,6 @@ pub fn lookup(store: &Store, chain_id: &Digest) -> Option<LayerRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_ids_follow_containerd() {
-        // containerd's identity.ChainID for two layers: sha256("<diff0> <diff1>").
-        let a: Digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111".parse().expect("digest");
-        let b: Digest = "sha256:2222222222222222222222222222222222222222222222222222222222222222".parse().expect("digest");
-        let ids = chain_ids(&[a, b]);
-        assert_eq!(ids[0], a);
-        assert_eq!(ids[1], Digest::of(format!("{a} {b}").as_bytes()));
-        assert!(chain_ids(&[]).is_empty());
-    }
-}
-
 /// Why a layer containerd asked for as a remote snapshot was unpacked instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
@@ -123,5 +107,21 @@ impl LazyStats {
 
     pub fn fallbacks(&self, why: Fallback) -> u64 {
         self.fallbacks[why as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        // containerd's identity.ChainID for two layers: sha256("<diff0> <diff1>").
+        let a: Digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111".parse().expect("digest");
+        let b: Digest = "sha256:2222222222222222222222222222222222222222222222222222222222222222".parse().expect("digest");
+        let ids = chain_ids(&[a, b]);
+        assert_eq!(ids[0], a);
+        assert_eq!(ids[1], Digest::of(format!("{a} {b}").as_bytes()));
+        assert!(chain_ids(&[]).is_empty());
     }
 }
