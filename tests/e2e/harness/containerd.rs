@@ -1,5 +1,7 @@
 //! containerd 1.6 in a sandbox: its own root, state, sockets and `opt` path inside a temp dir,
-//! CRI and exotic snapshotters disabled, runc as the runtime. Helpers run `ctr` against it
+//! CRI and exotic snapshotters disabled, runc as the runtime. Its garbage collector runs after
+//! every deletion (by default it paces itself to 2% of the time, so on a loaded machine a removed
+//! snapshot could stay for tens of seconds). Helpers run `ctr` against it
 //! (pull through a `--hosts-dir` mirror config, run a container, remove images with a
 //! synchronous GC) and write `certs.d/<host>/hosts.toml` pointing at a ferry mirror.
 //!
@@ -53,7 +55,8 @@ impl Containerd {
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = {DISABLED_PLUGINS}\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [debug]\n  address = \"{debug}\"\n[metrics]\n  address = \"\"\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n\
+             [plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n  pause_threshold = 0.5\n",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = socket.display(),
