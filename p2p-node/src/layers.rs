@@ -97,6 +97,9 @@ pub struct LazyStats {
     pub prefetched_bytes: AtomicU64,
     /// On-demand reads fetching now (prefetch yields while there are any).
     pub reading: AtomicU64,
+    /// Opens of a whole local file handed to the kernel (FUSE passthrough): none of their reads
+    /// come through the snapshotter.
+    pub passthrough_opens: AtomicU64,
     fallbacks: [AtomicU64; Fallback::ALL.len()],
 }
 

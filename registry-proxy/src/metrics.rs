@@ -286,6 +286,11 @@ impl Collector for LazyCollector {
             ("ferry_lazy_fetched_chunks", "Chunks fetched for reads of lazy layers (on demand)", load(&s.chunks_fetched)),
             ("ferry_lazy_prefetched_bytes", "Compressed bytes of lazy layers fetched in the background", load(&s.prefetched_bytes)),
             (
+                "ferry_lazy_passthrough_opens",
+                "Opens of lazy-layer files held whole on local disk, passed through to the kernel (FUSE passthrough)",
+                load(&s.passthrough_opens),
+            ),
+            (
                 "ferry_lazy_read_errors",
                 "Reads of lazy layers answered with EIO (a chunk not fetched or verified in time)",
                 load(&s.read_errors),

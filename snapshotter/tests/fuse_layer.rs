@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,9 +228,11 @@ fn a_mounted_layer_matches_tar_extraction_and_fetches_only_what_is_read() {
 }
 
 /// A blob whose reads can be switched off, as when the network goes.
+/// The real blob behind two switches: offline fails every read, held makes reads wait.
 struct Switch {
     blob: Vec<u8>,
-    online: std::sync::atomic::AtomicBool,
+    online: AtomicBool,
+    held: AtomicBool,
 }
 
 impl ReadAt for Switch {
@@ -238,6 +240,10 @@ impl ReadAt for Switch {
         self.blob.size()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.held.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if !self.online.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("offline"));
         }
@@ -245,8 +251,11 @@ impl ReadAt for Switch {
     }
 }
 
+/// Once the prefetch has every chunk, files are whole on local disk and opens pass through to
+/// them (FUSE passthrough), except while an open from before is still open (the kernel would
+/// refuse a passthrough open then); the layer stays readable with the network gone.
 #[test]
-fn a_prefetched_layer_stays_readable_with_the_network_gone() {
+fn a_prefetched_layer_passes_through_and_stays_readable_with_the_network_gone() {
     if !common::is_root() {
         eprintln!("SKIPPED: needs root to mount FUSE");
         return;
@@ -260,7 +269,7 @@ fn a_prefetched_layer_stays_readable_with_the_network_gone() {
     sh(&format!("tar --numeric-owner -C {} -cf {} .", src.display(), tar.display()));
     let (blob, written) = write_tar(std::fs::File::open(&tar).expect("tar"), Vec::new(), WriteOptions::default()).expect("convert");
     let layer = Arc::new(LazyLayer::open(&blob, &written.annotations).expect("open").expect("lazy"));
-    let switch = Arc::new(Switch { blob, online: true.into() });
+    let switch = Arc::new(Switch { blob, online: true.into(), held: true.into() });
     let mounted = snapshotter::fuse::mount(
         layer,
         switch.clone(),
@@ -269,16 +278,40 @@ fn a_prefetched_layer_stays_readable_with_the_network_gone() {
         snapshotter::fuse::MountOptions { prefetch: Some(0), ..Default::default() },
     )
     .expect("mount");
+    let passthrough = || mounted.stats.passthrough_opens.load(Ordering::Relaxed);
+    let big = std::fs::read(src.join("usr/bin/big")).expect("source");
+    // Nothing is local yet: this open goes through FUSE reads and stays open meanwhile.
+    let mut early = std::fs::File::open(mnt.join("usr/bin/big")).expect("open early");
+    switch.held.store(false, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !mounted.prefetch_done.load(Ordering::Relaxed) {
         assert!(Instant::now() < deadline, "the prefetch did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(mounted.stats.prefetched_bytes.load(Ordering::Relaxed) > 3 << 20, "the big file was prefetched");
+    let whole = std::fs::read_dir(work.path().join("cache/files")).expect("files").count();
+    assert_eq!(whole, 2, "big and small are whole local files");
+    assert_eq!(passthrough(), 0);
+    assert_eq!(std::fs::read(mnt.join("usr/bin/big")).expect("read while the early open is open"), big);
+    assert_eq!(passthrough(), 0, "no passthrough while an earlier open reads through FUSE");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut early, &mut got).expect("read the early open");
+    assert_eq!(got, big);
+    drop(early);
+
     switch.online.store(false, Ordering::Relaxed);
-    for file in ["usr/bin/big", "usr/bin/small", "usr/bin/big-link"] {
+    for file in ["usr/bin/small", "usr/bin/big-link"] {
         let want = std::fs::read(src.join(file)).expect("source");
         assert_eq!(std::fs::read(mnt.join(file)).expect("read offline"), want, "{file}");
+    }
+    assert!(passthrough() >= 1, "small was passed through");
+    // The early open's release reaches the filesystem after close returns: big passes through
+    // once it has.
+    let before = passthrough();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while passthrough() == before {
+        assert!(Instant::now() < deadline, "big was never passed through");
+        assert_eq!(std::fs::read(mnt.join("usr/bin/big")).expect("read offline"), big);
     }
     assert_eq!(mounted.stats.read_errors.load(Ordering::Relaxed), 0);
 }

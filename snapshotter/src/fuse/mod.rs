@@ -1,19 +1,22 @@
 //! The FUSE filesystem of a lazy layer: [`tree`] turns the TOC into inodes (with overlay
-//! whiteouts), [`fs`] answers the kernel, [`cache`] keeps verified chunks on disk, [`prefetch`]
-//! fills it in the background. [`mount`] mounts one layer read-only; dropping the returned
-//! [`Mounted`] stops the prefetch and unmounts it.
+//! whiteouts), [`fs`] answers the kernel, [`source`] gives the bytes (from [`cache`], which keeps
+//! verified chunks and whole files on disk, or fetched), [`prefetch`] fills the cache in the
+//! background, [`opens`] decides which opens pass through to local files. [`mount`] mounts one
+//! layer read-only; dropping the returned [`Mounted`] stops the prefetch and unmounts it.
 
 pub mod cache;
 pub mod fs;
+pub mod opens;
 pub mod prefetch;
 pub mod recorder;
+pub mod source;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fuser::{BackgroundSession, MountOption};
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 use p2p_node::layers::LazyStats;
 
@@ -58,26 +61,17 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, Error> {
     let MountOptions { prefetch, stats, recorder } = opts;
-    let fs = fs::LayerFs::new(layer, blob, cache_dir, stats.clone(), recorder).map_err(|e| Error::io("opening the chunk cache", e))?;
+    let cache = cache::LayerCache::open(cache_dir).map_err(|e| Error::io("opening the layer cache", e))?;
+    let source = Arc::new(source::Source { layer, blob, cache, stats: stats.clone() });
+    let fs = fs::LayerFs::new(source.clone(), recorder);
     let stop = Arc::new(AtomicBool::new(false));
     let prefetch_done = Arc::new(AtomicBool::new(false));
-    let job = prefetch.map(|rate| prefetch::Prefetch {
-        layer: fs.layer.clone(),
-        blob: fs.blob.clone(),
-        cache: fs.cache.clone(),
-        stats: stats.clone(),
-        done: prefetch_done.clone(),
-        rate,
-        stop: stop.clone(),
-    });
-    let options = [
-        MountOption::RO,
-        MountOption::FSName("ferry".into()),
-        MountOption::Subtype("ferry".into()),
-        MountOption::AllowOther,
-        MountOption::DefaultPermissions,
-    ];
-    let session = fuser::spawn_mount2(fs, mountpoint, &options)
+    let job = prefetch.map(|rate| prefetch::Prefetch { source, done: prefetch_done.clone(), rate, stop: stop.clone() });
+    let mut config = Config::default();
+    config.mount_options =
+        vec![MountOption::RO, MountOption::FSName("ferry".into()), MountOption::Subtype("ferry".into()), MountOption::DefaultPermissions];
+    config.acl = SessionACL::All;
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("mounting a lazy layer at {}", mountpoint.display()), e))?;
     raise_readahead(mountpoint);
     if let Some(job) = job {
