@@ -42,14 +42,31 @@ impl LazyLayer {
 
     /// A chunk's bytes, verified against its digest.
     pub fn read_chunk(&self, blob: &dyn ReadAt, chunk: &Chunk) -> Result<Vec<u8>, Error> {
-        let read = |blob: &dyn ReadAt| match self.format {
-            Format::ZstdChunked => zstd_chunked::read_chunk(blob, chunk),
-            Format::Estargz => estargz::read_chunk(blob, chunk),
+        let mut data = self.read_chunks(blob, &[chunk])?;
+        Ok(data.pop().unwrap_or_default())
+    }
+
+    /// The bytes of `chunks`, which all lie in the same compressed range (small files packed in
+    /// one zstd frame), each verified against its digest: the range is fetched and decompressed
+    /// once. eStargz layers read each chunk on its own.
+    pub fn read_chunks(&self, blob: &dyn ReadAt, chunks: &[&Chunk]) -> Result<Vec<Vec<u8>>, Error> {
+        let read = |blob: &dyn ReadAt| -> Result<Vec<Vec<u8>>, Error> {
+            match self.format {
+                Format::ZstdChunked => {
+                    let Some(first) = chunks.first() else { return Ok(Vec::new()) };
+                    debug_assert!(chunks.iter().all(|c| c.blob_range == first.blob_range));
+                    let len = chunks.iter().map(|c| c.inner_offset + c.size).max().unwrap_or(0);
+                    let frame = zstd_chunked::read_frame(blob, &first.blob_range, len)?;
+                    chunks.iter().map(|c| zstd_chunked::cut_chunk(&frame, c)).collect()
+                }
+                Format::Estargz => chunks.iter().map(|c| estargz::read_chunk(blob, c)).collect(),
+            }
         };
         match (read(blob), blob.verified()) {
-            // Unchecked bytes (from a peer) that fail the chunk's digest: read verified ones.
+            // Unchecked bytes (from a peer) that fail a chunk's digest: read verified ones.
             (Err(e @ (Error::DigestMismatch { .. } | Error::Malformed { .. })), Some(verified)) => {
-                tracing::warn!(offset = chunk.blob_range.start, error = %e, "a chunk failed verification; reading verified bytes");
+                let offset = chunks.first().map(|c| c.blob_range.start);
+                tracing::warn!(?offset, error = %e, "a chunk failed verification; reading verified bytes");
                 read(verified)
             }
             (result, _) => result,

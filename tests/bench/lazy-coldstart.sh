@@ -15,22 +15,23 @@
 #      `FIXTURE_ONLY=1 convert-torch.sh` when missing; its gzip layer is reused, hard-linked,
 #      when $BENCH_CACHE/image holds it). Debian's python3.11 does not search
 #      /usr/local/lib/python3.11/site-packages, so the config sets PYTHONPATH to it.
-#   2. The startup profile, as whole files (not `ferry profile`, which records the chunks read but
-#      needs the image converted first; whole files mark far more for prefetch, see the README):
-#      the two layers are merged with
+#   2. A check that the image works, and the whole-file profile: the two layers are merged with
 #      a read-only overlay mount in a private mount namespace; `chroot MERGED python3 -c
 #      WORKLOAD` must print torch's version; then `strace -f -e trace=openat,open,execve` of the
 #      same command gives the files it opened, in order. Only calls that succeeded after the
 #      exec of python3 count; each path is resolved inside the chroot (symlinks) and kept if it
-#      is a regular file outside /proc, /sys and /dev, first access first: the `--prioritize`
-#      file (one PATH per line, relative to the rootfs root).
+#      is a regular file outside /proc, /sys and /dev, first access first (PROFILE_WITH=strace
+#      uses it as the `--prioritize` file: one PATH per line, relative to the rootfs root).
 #   3. A "WAN" in two network namespaces made here and deleted on exit: TAG-wan holds a
 #      docker-registry (10.79.S.1:5000), TAG-node the clients (10.79.S.2), joined by one veth
 #      pair shaped by `tbf rate WAN_MBIT` on both ends (so both directions). Inside TAG-wan,
-#      over its loopback (unshaped): `skopeo copy oci:LAYOUT:gzip docker://…/bench/torch:gzip`,
-#      then `ferry convert …/bench/torch:gzip oci:TMP/lazy-layout:lazy --prioritize PROFILE` and
-#      `skopeo copy` of that to …/bench/torch:lazy, checking the manifest digest is unchanged
-#      (CONVERT_TO=registry: `ferry convert` pushes to …/bench/torch:lazy itself; see below).
+#      over its loopback (unshaped): `skopeo copy oci:LAYOUT:gzip docker://…/bench/torch:gzip`;
+#      then (PROFILE_WITH=ferry, the default) `ferry convert` of it to …/bench/torch:unprofiled,
+#      `ferry profile …/bench/torch:unprofiled -- python3 -c WORKLOAD` through a ferry node and
+#      containerd in TAG-node (the chunks the import reads, first access first), and `ferry
+#      convert …:gzip …:lazy --prioritize` that profile. Each conversion goes to an OCI layout
+#      pushed by `skopeo copy`, checking the manifest digest is unchanged (CONVERT_TO=registry:
+#      `ferry convert` pushes itself).
 #   4. Arm "full": a fresh sandboxed containerd (overlayfs snapshotter) in TAG-node; page cache
 #      dropped; timed from `ctr image pull --plain-http 10.79.S.1:5000/bench/torch:gzip` until
 #      `ctr run --rm IMAGE ID python3 -c WORKLOAD` exits 0 having printed torch's version.
@@ -62,19 +63,20 @@
 #   WAN_MBIT=100                       the link's rate, both ways
 #   PREFETCH_RATES="50MiB off"         one lazy arm per snapshotter.prefetch_rate
 #   WORKLOAD="import torch; print(torch.__version__)"   what python3 -c runs (profile and arms)
+#   PROFILE_WITH=ferry                 `strace`: prioritize the whole files the workload opens
+#                                      (marks far more for prefetch: 2.9 GiB of CUDA libraries)
 #   DEBIAN_MIRROR=http://deb.debian.org/debian          for debootstrap
-#   CONVERT_TO=oci                     `registry`: let ferry convert push the converted image itself
-#                                      (before c7cd9d0 its 30 s request timeout covered the upload
-#                                      of the ~2.9 GB layer, so that push failed)
+#   CONVERT_TO=oci                     `registry`: let ferry convert push the converted images itself
 #   FERRY=path                         use this binary instead of building target/release/ferry
 #   KEEP_TMP=1                         keep the run's temp dir (logs, registry, stores)
 #
 # Disk and time: the first run needs the network (debootstrap, and ~3 GB of wheels unless
 # convert-torch.sh ran before) and ~10 GB more in $BENCH_CACHE when convert-torch.sh's fixture
-# must be built. Each run needs ~18 GB free in $BENCH_TMP at its peak (registry with both
+# must be built. Each run needs ~21 GB free in $BENCH_TMP at its peak (registry with three
 # images ~6 GB, the converter's spool ~5.6 GB, the full arm's containerd ~9 GB: content and
 # unpacked snapshots), all removed at exit. With the fixtures cached, a run on 2 cores at
-# 100 Mbit/s takes ~12 min: profile ~25 s, push ~30 s, convert ~75 s, the full arm ~5.5 min
+# 100 Mbit/s takes ~15 min: strace profile ~25 s, push ~30 s, two conversions ~75 s each, ferry
+# profile ~1 min, the full arm ~5.5 min
 # (3.1 GB at 100 Mbit/s, then unpack), each lazy arm ~1-1.5 min. The first run adds
 # debootstrap (~2 min) and, without convert-torch.sh's fixture, its wheels and gzip (~15 min).
 #
@@ -87,9 +89,10 @@ BENCH_TMP=${BENCH_TMP:-$BENCH_CACHE}
 WAN_MBIT=${WAN_MBIT:-100}
 PREFETCH_RATES=${PREFETCH_RATES:-50MiB off}
 WORKLOAD=${WORKLOAD:-import torch; print(torch.__version__)}
+PROFILE_WITH=${PROFILE_WITH:-ferry}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 RATIO_TARGET=0.15 SHARE_TARGET=0.15
-NEED_MIB=18000
+NEED_MIB=21000
 CACHE=$BENCH_CACHE/lazy
 BASE=$CACHE/base           # debootstrap rootfs
 LAYOUT=$CACHE/layout       # OCI layout, tag "gzip"
@@ -444,35 +447,76 @@ registry_digest() {
         tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}'
 }
 
-push_and_convert() {
+push_gzip() {
     log "skopeo copy oci:$LAYOUT:gzip -> $REPO:gzip (inside $WAN_NS, unshaped)"
     in_wan skopeo copy -q --dest-tls-verify=false "oci:$LAYOUT:gzip" "docker://127.0.0.1:5000/$REPO:gzip" >&2 ||
         die "skopeo copy failed"
-    local t0 status=0 dst=127.0.0.1:5000/$REPO:lazy want got
-    # ferry convert can push to the registry itself, but before c7cd9d0 it gave every upstream
-    # request 30 s (registry.read_timeout) including the upload of the body, so the PUT of the
-    # ~2.9 GB converted layer timed out. CONVERT_TO=oci (the default) converts into an OCI
-    # layout and pushes that with skopeo; CONVERT_TO=registry pushes directly.
-    [[ ${CONVERT_TO:-oci} == registry ]] || dst=oci:$TMP/lazy-layout:lazy
-    log "ferry convert $REPO:gzip -> $dst --prioritize ($PROFILE_FILES files)"
+    GZIP_BYTES=$(image_bytes gzip)
+}
+
+# convert_to TAG [PROFILE]: ferry convert bench/torch:gzip -> bench/torch:TAG (inside $WAN_NS,
+# unshaped), with --prioritize PROFILE when given; sets CONVERT_S.
+convert_to() {
+    local tag=$1 profile=${2:-} t0 status=0 dst=127.0.0.1:5000/$REPO:$1 want got args=()
+    # CONVERT_TO=oci (the default) converts into an OCI layout and pushes that with skopeo;
+    # CONVERT_TO=registry lets ferry convert push itself.
+    [[ ${CONVERT_TO:-oci} == registry ]] || dst=oci:$TMP/lazy-layout:$tag
+    [[ -z $profile ]] || args=(--prioritize "$profile")
+    log "ferry convert $REPO:gzip -> $dst ${args[*]}"
     t0=$(now)
-    in_wan "$FERRY" convert "127.0.0.1:5000/$REPO:gzip" "$dst" --prioritize "$TMP/prioritize.txt" \
-        --tmp-dir "$TMP" --output json >"$TMP/convert.json" 2>"$TMP/convert.log" || status=$?
-    ((status == 0)) || die "ferry convert exited with $status: $(tail -n 20 "$TMP/convert.log")"
+    in_wan "$FERRY" convert "127.0.0.1:5000/$REPO:gzip" "$dst" "${args[@]}" \
+        --tmp-dir "$TMP" --output json >"$TMP/convert-$tag.json" 2>"$TMP/convert-$tag.log" || status=$?
+    ((status == 0)) || die "ferry convert exited with $status: $(tail -n 20 "$TMP/convert-$tag.log")"
     CONVERT_S=$(since "$t0")
     if [[ $dst == oci:* ]]; then
-        log "converted in $CONVERT_S s; skopeo copy $dst -> $REPO:lazy"
-        in_wan skopeo copy -q --dest-tls-verify=false "$dst" "docker://127.0.0.1:5000/$REPO:lazy" >&2 ||
+        log "converted in $CONVERT_S s; skopeo copy $dst -> $REPO:$tag"
+        in_wan skopeo copy -q --dest-tls-verify=false "$dst" "docker://127.0.0.1:5000/$REPO:$tag" >&2 ||
             die "skopeo copy of the converted image failed"
         want=$(jq -r '.manifests[0].digest' "$TMP/lazy-layout/index.json")
-        got=$(registry_digest lazy)
+        got=$(registry_digest "$tag")
         [[ $got == "$want" ]] || die "skopeo changed the converted manifest ($want became $got)"
         rm -rf "$TMP/lazy-layout"
     fi
-    GZIP_BYTES=$(image_bytes gzip)
-    LAZY_BYTES=$(image_bytes lazy)
-    log "converted in $CONVERT_S s: gzip image $GZIP_BYTES bytes, lazy image $LAZY_BYTES bytes;" \
-        "prefetch chunks per layer: $(jq -rc '[.layers[] | "\(.prefetch_chunks // "?")/\(.chunks // "?")"] | join(" ")' "$TMP/convert.json" 2>/dev/null)"
+    log "converted in $CONVERT_S s: $REPO:$tag is $(image_bytes "$tag") bytes; prefetch chunks per layer:" \
+        "$(jq -rc '[.layers[] | "\(.prefetch_chunks // "?")/\(.chunks // "?")"] | join(" ")' "$TMP/convert-$tag.json" 2>/dev/null)"
+}
+
+# start_node NAME RATE: a fresh ferry node in $TMP/NAME-ferry, in the node namespace, with
+# snapshotter.prefetch_rate = RATE; sets NODE_DIR and NODE_PID.
+start_node() {
+    NODE_DIR=$TMP/$1-ferry
+    mkdir -p "$NODE_DIR"
+    printf '[snapshotter]\nprefetch_rate = "%s"\n' "$2" >"$NODE_DIR/ferry.toml"
+    "${IN_NODE[@]}" "$FERRY" node --config "$NODE_DIR/ferry.toml" --store "$NODE_DIR/store" --admin-socket "$NODE_DIR/admin.sock" \
+        --snapshotter-socket "$NODE_DIR/snapshotter.sock" --upstream "$UPSTREAM=http://$WAN_IP:5000" \
+        --registry-listen 127.0.0.1:5050 --metrics-listen 127.0.0.1:9464 >"$NODE_DIR/ferry.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    wait_up "$NODE_PID" "$NODE_DIR/ferry.log" "ferry node" 30 test -S "$NODE_DIR/snapshotter.sock"
+    wait_up "$NODE_PID" "$NODE_DIR/ferry.log" "ferry node's metrics" 30 ferry_metric '^ferry_origin_bytes_total'
+}
+
+# The startup profile at chunk granularity: `ferry profile` of bench/torch:unprofiled (a
+# conversion without one) running WORKLOAD, through a ferry node and containerd in the node
+# namespace (over the shaped link: what the workload reads, ~0.4 GB); the result goes to
+# $TMP/ferry-profile.txt (and a copy to $CACHE).
+ferry_profile() {
+    log "ferry profile $UPSTREAM/$REPO:unprofiled -- python3 -c '$WORKLOAD'"
+    start_node profile off
+    start_containerd profile "$NODE_DIR/snapshotter.sock"
+    local t0 status=0
+    t0=$(now)
+    in_node timeout 1800 "$FERRY" profile "$UPSTREAM/$REPO:unprofiled" --registry-listen 127.0.0.1:5050 --address "$SOCK" \
+        -o "$TMP/ferry-profile.txt" -- python3 -c "$WORKLOAD" >"$NODE_DIR/profile.out" 2>"$NODE_DIR/profile.log" || status=$?
+    ((status == 0)) || die "ferry profile exited with $status: $(tail -n 20 "$NODE_DIR/profile.log")"
+    stop_containerd "$CTD"
+    stop_pids "$NODE_PID" && forget_pid "$NODE_PID"
+    end_arm "$NODE_DIR/store"
+    read -r PROFILE_CHUNKS PROFILE_BYTES < <(awk '{n++; s += $NF} END {printf "%d %.0f\n", n, s}' "$TMP/ferry-profile.txt")
+    ((PROFILE_CHUNKS > 0)) || die "ferry profile recorded nothing (log: $NODE_DIR/profile.log)"
+    cp "$TMP/ferry-profile.txt" "$CACHE/ferry-profile.txt"
+    PROFILE_DESC="ferry profile: $PROFILE_CHUNKS chunk runs, $(mib "$PROFILE_BYTES") MiB uncompressed, in $(since "$t0") s"
+    log "$PROFILE_DESC"
 }
 
 # ------------------------------------------------------------------- arms ----
@@ -554,18 +598,10 @@ ferry_metric() { # ferry_metric REGEX: the sum of the node's metric lines matchi
 
 # arm_lazy RATE: ferry node + containerd with the ferry snapshotter; ferry pull; ctr run.
 arm_lazy() {
-    local rate=$1 name=lazy-$1 d t0 t1 tx0 reg0 status=0
-    d=$TMP/$name-ferry
+    local rate=$1 name=lazy-$1 d t0 t1 tx0 reg0 status=0 pid
     log "arm $name: fresh ferry node (prefetch_rate = \"$rate\") and containerd, page cache dropped"
-    mkdir -p "$d"
-    printf '[snapshotter]\nprefetch_rate = "%s"\n' "$rate" >"$d/ferry.toml"
-    "${IN_NODE[@]}" "$FERRY" node --config "$d/ferry.toml" --store "$d/store" --admin-socket "$d/admin.sock" \
-        --snapshotter-socket "$d/snapshotter.sock" --upstream "$UPSTREAM=http://$WAN_IP:5000" \
-        --registry-listen 127.0.0.1:5050 --metrics-listen 127.0.0.1:9464 >"$d/ferry.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    wait_up "$pid" "$d/ferry.log" "ferry node" 30 test -S "$d/snapshotter.sock"
-    wait_up "$pid" "$d/ferry.log" "ferry node's metrics" 30 ferry_metric '^ferry_origin_bytes_total'
+    start_node "$name" "$rate"
+    d=$NODE_DIR pid=$NODE_PID
     start_containerd "$name" "$d/snapshotter.sock"
     drop_caches
     LOADS[$rate]=$(cut -d' ' -f1 /proc/loadavg)
@@ -624,7 +660,7 @@ report() {
     echo
     echo "Cold start of python3 -c '$WORKLOAD' (torch $TORCH_VERSION), registry behind $WAN_MBIT Mbit/s both ways; $(nproc) cores"
     echo "image: gzip $GZIP_BYTES bytes ($(mib "$GZIP_BYTES") MiB); zstd:chunked (ferry convert) $LAZY_BYTES bytes ($(mib "$LAZY_BYTES") MiB)"
-    echo "profile: $PROFILE_FILES files, $(mib "$PROFILE_BYTES") MiB uncompressed; convert took $CONVERT_S s"
+    echo "profile: $PROFILE_DESC; convert took $CONVERT_S s"
     printf '%-22s %9s %9s %9s %16s %9s  %s\n' arm "total s" "pull s" "run s" "fetched bytes" "x image" "notes"
     if [[ -n ${FULL_S:-} ]]; then
         printf '%-22s %9s %9s %9s %16s %9s  %s\n' "full (overlayfs)" "$FULL_S" "$FULL_PULL_S" \
@@ -683,7 +719,16 @@ main() {
     make_profile
     make_site
     start_registry
-    push_and_convert
+    push_gzip
+    if [[ $PROFILE_WITH == ferry ]]; then
+        convert_to unprofiled
+        ferry_profile
+        convert_to lazy "$TMP/ferry-profile.txt"
+    else
+        PROFILE_DESC="strace: $PROFILE_FILES whole files, $(mib "$PROFILE_BYTES") MiB uncompressed"
+        convert_to lazy "$TMP/prioritize.txt"
+    fi
+    LAZY_BYTES=$(image_bytes lazy)
     arm_full
     local r
     for r in "${RATES[@]}"; do arm_lazy "$r"; done

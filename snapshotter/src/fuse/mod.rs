@@ -62,7 +62,7 @@ pub fn mount(
 ) -> Result<Mounted, Error> {
     let MountOptions { prefetch, stats, recorder } = opts;
     let cache = cache::LayerCache::open(cache_dir).map_err(|e| Error::io("opening the layer cache", e))?;
-    let source = Arc::new(source::Source { layer, blob, cache, stats: stats.clone() });
+    let source = Arc::new(source::Source::new(layer, blob, cache, stats.clone()));
     let fs = fs::LayerFs::new(source.clone(), recorder);
     let stop = Arc::new(AtomicBool::new(false));
     let prefetch_done = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,6 @@
 //! Background prefetch of a mounted layer: first the chunks the layer marks for startup (the
 //! zstd:chunked prefetch marks, the eStargz landmark), then every other chunk in blob order, each
-//! verified and cached like an on-demand read. Each regular file whose chunks are all cached is
+//! verified and cached like an on-demand read (with the other chunks of its compressed range). Each regular file whose chunks are all cached is
 //! assembled into a whole local file (see [`super::cache`]), which later opens pass through to.
 //! It yields to on-demand reads (it waits while any is fetching), keeps to a byte rate, and stops
 //! when the layer is unmounted or a chunk fails (on-demand reads still fetch what is missing).
@@ -27,7 +27,7 @@ pub struct Prefetch {
 impl Prefetch {
     /// Runs until every chunk is cached, the layer is unmounted, or a chunk fails. Blocking.
     pub fn run(self) {
-        let Source { layer, blob, cache, stats } = &*self.source;
+        let Source { layer, cache, stats, .. } = &*self.source;
         let toc = &layer.toc;
         // Files already assembled (an earlier mount of this layer) need nothing more.
         let todo: Vec<usize> = (0..toc.entries.len()).filter(|&i| !toc.entries[i].chunks.is_empty() && !cache.has_file(i)).collect();
@@ -49,7 +49,7 @@ impl Prefetch {
             while stats.reading.load(Ordering::Relaxed) > 0 && !self.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            match layer.read_chunk(blob.as_ref(), chunk) {
+            match self.source.fetch(chunk) {
                 Ok(data) => {
                     cache.put_chunk(&chunk.digest, &data);
                     let n = chunk.blob_range.end - chunk.blob_range.start;

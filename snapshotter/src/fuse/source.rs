@@ -1,7 +1,10 @@
 //! Where a mounted layer's bytes come from: its whole local files, its cached chunks, or the blob
 //! (fetched, decompressed and verified against the chunk's digest before any byte of it is
-//! returned, then cached). Shared by the filesystem's reads and the background prefetch.
+//! returned, then cached). Chunks that share a compressed range (small files packed in one frame)
+//! are fetched and cached together: reading a directory of small files costs one fetch per frame,
+//! not one per file. Shared by the filesystem's reads and the background prefetch.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,6 +13,8 @@ use p2p_node::layers::LazyStats;
 use super::cache::LayerCache;
 use crate::blob::ReadAt;
 use crate::layer::LazyLayer;
+use crate::toc::Chunk;
+use crate::Error;
 
 pub struct Source {
     pub layer: Arc<LazyLayer>,
@@ -17,9 +22,43 @@ pub struct Source {
     pub cache: LayerCache,
     /// Counts what the layer does (shared with the node's other lazy layers, or not).
     pub stats: Arc<LazyStats>,
+    /// Compressed ranges that hold several chunks: range start → (entry, chunk number) of each.
+    shared: HashMap<u64, Vec<(usize, usize)>>,
 }
 
 impl Source {
+    pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache: LayerCache, stats: Arc<LazyStats>) -> Source {
+        let mut by_start: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        for (index, entry) in layer.toc.entries.iter().enumerate() {
+            for (n, chunk) in entry.chunks.iter().enumerate() {
+                by_start.entry(chunk.blob_range.start).or_default().push((index, n));
+            }
+        }
+        by_start.retain(|_, chunks| chunks.len() > 1);
+        Source { layer, blob, cache, stats, shared: by_start }
+    }
+
+    /// Fetches `chunk` (verified), caching the other chunks of its compressed range on the way
+    /// (those of files not yet whole on disk).
+    pub fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, Error> {
+        let entries = &self.layer.toc.entries;
+        let siblings: Vec<&Chunk> = self.shared.get(&chunk.blob_range.start).map_or_else(Vec::new, |all| {
+            all.iter()
+                .filter(|&&(index, _)| !self.cache.has_file(index))
+                .map(|&(index, n)| &entries[index].chunks[n])
+                .filter(|c| c.digest != chunk.digest && c.blob_range == chunk.blob_range)
+                .collect()
+        });
+        let mut wanted = vec![chunk];
+        wanted.extend(siblings);
+        let mut data = self.layer.read_chunks(self.blob.as_ref(), &wanted)?.into_iter();
+        let ours = data.next().unwrap_or_default();
+        for (c, d) in wanted[1..].iter().zip(data) {
+            self.cache.put_chunk(&c.digest, &d);
+        }
+        Ok(ours)
+    }
+
     /// Reads `size` bytes at `offset` of TOC entry `index` (fewer at the end of the file).
     pub fn read(&self, index: usize, offset: u64, size: u32) -> Result<Vec<u8>, String> {
         let entry = &self.layer.toc.entries[index];
@@ -39,10 +78,7 @@ impl Source {
             // A cached chunk is read in part; a missing one is fetched, verified and kept whole
             // (the file may have been assembled meanwhile, its chunks gone).
             if !self.cache.read_chunk_at(&chunk.digest, dst, from) && !self.cache.read_file_at(index, dst, chunk.file_offset + from) {
-                let data = self
-                    .layer
-                    .read_chunk(self.blob.as_ref(), chunk)
-                    .map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
+                let data = self.fetch(chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
                 self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
                 self.cache.put_chunk(&chunk.digest, &data);

@@ -150,20 +150,34 @@ mod tests;
 /// Reads one chunk: fetches its frames, decompresses at most what the chunk needs, and returns the
 /// bytes only if they match the chunk digest.
 pub fn read_chunk(blob: &dyn ReadAt, chunk: &crate::toc::Chunk) -> Result<Vec<u8>, Error> {
-    let what = || format!("chunk at {}..{} of the layer", chunk.blob_range.start, chunk.blob_range.end);
-    let compressed =
-        read_vec(blob, chunk.blob_range.start, chunk.blob_range.end - chunk.blob_range.start).map_err(|e| Error::io(what(), e))?;
+    let frame = read_frame(blob, &chunk.blob_range, chunk.inner_offset + chunk.size)?;
+    cut_chunk(&frame, chunk)
+}
+
+/// The first `len` decompressed bytes of the zstd frames at `range` (not verified: several
+/// chunks may share them, see [`cut_chunk`]).
+pub fn read_frame(blob: &dyn ReadAt, range: &std::ops::Range<u64>, len: u64) -> Result<Vec<u8>, Error> {
+    let what = || format!("chunk at {}..{} of the layer", range.start, range.end);
+    let compressed = read_vec(blob, range.start, range.end - range.start).map_err(|e| Error::io(what(), e))?;
     let decoder = zstd::stream::read::Decoder::with_buffer(&compressed[..]).map_err(|e| Error::io(what(), e))?;
-    let mut out = Vec::with_capacity(chunk.size as usize);
-    let wanted = chunk.inner_offset + chunk.size;
-    decoder.take(wanted).read_to_end(&mut out).map_err(|e| Error::malformed("zstd stream", format!("{}: {e}", what())))?;
-    if (out.len() as u64) < wanted {
-        return Err(Error::malformed("zstd stream", format!("{} holds {} bytes, {wanted} expected", what(), out.len())));
+    let mut out = Vec::with_capacity(len as usize);
+    decoder.take(len).read_to_end(&mut out).map_err(|e| Error::malformed("zstd stream", format!("{}: {e}", what())))?;
+    if (out.len() as u64) < len {
+        return Err(Error::malformed("zstd stream", format!("{} holds {} bytes, {len} expected", what(), out.len())));
     }
-    let data = out.split_off(chunk.inner_offset as usize);
-    let got = Digest::of(&data);
+    Ok(out)
+}
+
+/// `chunk`'s bytes out of its decompressed frame, if they match the chunk digest.
+pub fn cut_chunk(frame: &[u8], chunk: &crate::toc::Chunk) -> Result<Vec<u8>, Error> {
+    let what = || format!("chunk at {}..{} of the layer", chunk.blob_range.start, chunk.blob_range.end);
+    let Some(data) = frame.get(chunk.inner_offset as usize..(chunk.inner_offset + chunk.size) as usize) else {
+        let want = chunk.inner_offset + chunk.size;
+        return Err(Error::malformed("zstd stream", format!("{} holds {} bytes, {want} expected", what(), frame.len())));
+    };
+    let got = Digest::of(data);
     if got != chunk.digest {
         return Err(Error::DigestMismatch { what: what(), expected: chunk.digest, got });
     }
-    Ok(data)
+    Ok(data.to_vec())
 }
