@@ -25,6 +25,7 @@ mod corruption;
 mod crash;
 mod disk_full;
 mod harness_checks;
+mod lazy_fs;
 mod lazy_pull;
 mod malformed;
 mod mirror;
