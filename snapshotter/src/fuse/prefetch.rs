@@ -49,7 +49,14 @@ impl Prefetch {
             while stats.reading.load(Ordering::Relaxed) > 0 && !self.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            match self.source.fetch(chunk) {
+            let one = self.source.fetching(chunk);
+            if cache.has_chunk(&chunk.digest) {
+                drop(one);
+                self.one_more(index, &mut missing, &shared);
+                continue;
+            }
+            let result = self.source.fetch(chunk);
+            match result {
                 Ok(data) => {
                     cache.put_chunk(&chunk.digest, &data);
                     let n = chunk.blob_range.end - chunk.blob_range.start;
@@ -61,6 +68,7 @@ impl Prefetch {
                     return;
                 }
             }
+            drop(one);
             self.one_more(index, &mut missing, &shared);
             if self.rate > 0 {
                 let due = Duration::from_secs_f64(fetched as f64 / self.rate as f64);

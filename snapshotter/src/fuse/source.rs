@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use p2p_node::layers::LazyStats;
 
@@ -24,7 +24,12 @@ pub struct Source {
     pub stats: Arc<LazyStats>,
     /// Compressed ranges that hold several chunks: range start → (entry, chunk number) of each.
     shared: HashMap<u64, Vec<(usize, usize)>>,
+    /// One fetch of a compressed range at a time (striped by range): the kernel's readahead sends
+    /// several requests into one chunk at once, and they must not all fetch it.
+    fetching: Vec<Mutex<()>>,
 }
+
+const STRIPES: u64 = 64;
 
 impl Source {
     pub fn new(layer: Arc<LazyLayer>, blob: Arc<dyn ReadAt>, cache: LayerCache, stats: Arc<LazyStats>) -> Source {
@@ -35,7 +40,13 @@ impl Source {
             }
         }
         by_start.retain(|_, chunks| chunks.len() > 1);
-        Source { layer, blob, cache, stats, shared: by_start }
+        Source { layer, blob, cache, stats, shared: by_start, fetching: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+    }
+
+    /// Held while fetching `chunk`'s compressed range; check the cache again once it is held.
+    pub fn fetching(&self, chunk: &Chunk) -> MutexGuard<'_, ()> {
+        let stripe = (chunk.blob_range.start % STRIPES) as usize;
+        self.fetching[stripe].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches `chunk` (verified), caching the other chunks of its compressed range on the way
@@ -77,12 +88,18 @@ impl Source {
             let dst = &mut out[filled..filled + (to - from) as usize];
             // A cached chunk is read in part; a missing one is fetched, verified and kept whole
             // (the file may have been assembled meanwhile, its chunks gone).
-            if !self.cache.read_chunk_at(&chunk.digest, dst, from) && !self.cache.read_file_at(index, dst, chunk.file_offset + from) {
-                let data = self.fetch(chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
-                self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
-                self.cache.put_chunk(&chunk.digest, &data);
-                dst.copy_from_slice(&data[from as usize..to as usize]);
+            let cached = |dst: &mut [u8]| {
+                self.cache.read_chunk_at(&chunk.digest, dst, from) || self.cache.read_file_at(index, dst, chunk.file_offset + from)
+            };
+            if !cached(dst) {
+                let _one = self.fetching(chunk);
+                if !cached(dst) {
+                    let data = self.fetch(chunk).map_err(|e| format!("chunk at {} of {}: {e}", chunk.file_offset, entry.name))?;
+                    self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes_fetched.fetch_add(chunk.blob_range.end - chunk.blob_range.start, Ordering::Relaxed);
+                    self.cache.put_chunk(&chunk.digest, &data);
+                    dst.copy_from_slice(&data[from as usize..to as usize]);
+                }
             }
             filled += (to - from) as usize;
         }
