@@ -25,6 +25,20 @@ pub enum Error {
     Swarm(String),
     #[error("peer {peer} failed: {why}")]
     Peer { peer: String, why: String },
+    /// A prewarm input (node list, pod list, manifest, holdings) with a bad field: `object`
+    /// names the file and the item (`rollout.yaml document 3 (Deployment ml/llm-serve)`),
+    /// `field` the path inside it (`spec.replicas`).
+    #[error("{object}: {field}: {why}")]
+    BadField { object: String, field: String, why: String },
+    /// A prewarm input missing a field it cannot do without.
+    #[error("{object}: {field} missing")]
+    MissingField { object: String, field: String },
+    /// A prewarm input that is not even the right shape (not YAML/JSON, not an object).
+    #[error("{object}: {why}")]
+    BadDocument { object: String, why: String },
+    /// A prewarm policy setting out of range or unparsable.
+    #[error("prewarm policy: {setting}: {why}")]
+    BadPolicy { setting: String, why: String },
 }
 
 impl Error {
