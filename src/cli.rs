@@ -32,6 +32,8 @@ pub enum Command {
     /// Run a command in a lazy image and record what it reads, in first-access order: the
     /// `--prioritize` file for `ferry convert`.
     Profile(ProfileArgs),
+    /// GPU-aware prewarming: which nodes a rollout's pods will land on, ranked.
+    Prewarm(PrewarmArgs),
 }
 
 /// Flags shared by commands that read the node's configuration; each overrides the file.
@@ -206,4 +208,63 @@ pub struct ProfileArgs {
     /// containerd namespace.
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PrewarmArgs {
+    #[command(subcommand)]
+    pub command: PrewarmCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrewarmCommand {
+    /// Rank the nodes a rollout's pods will land on (GPU fit, free GPUs, affinity, taints, pools,
+    /// what is cached) and pick the ones to warm, one WAN seed per region first.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The rollout: Deployment, StatefulSet, Job or DaemonSet manifests (YAML or JSON, several
+    /// documents per file). Other kinds are skipped with a note.
+    #[arg(required = true, value_name = "MANIFEST")]
+    pub rollouts: Vec<PathBuf>,
+    /// The nodes, as `kubectl get nodes -o json` prints them.
+    #[arg(long, value_name = "FILE")]
+    pub nodes: PathBuf,
+    /// The pods already running, as `kubectl get pods -A -o json` prints them.
+    #[arg(long, value_name = "FILE")]
+    pub pods: Option<PathBuf>,
+    /// What each ferry node holds and what each image is made of (JSON or YAML:
+    /// `{"nodes": {NODE: [DIGEST…]}, "images": {IMAGE: [{"digest", "size"}…]}}`).
+    #[arg(long, value_name = "FILE")]
+    pub holdings: Option<PathBuf>,
+    /// Planner settings (TOML: strategy, gpu_weight, headroom, seeds_per_region, pools, …);
+    /// the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// How the cluster's scheduler scores resource fit: `spread` (LeastAllocated, Kubernetes'
+    /// default) or `binpack` (MostAllocated).
+    #[arg(long, value_parser = ["spread", "binpack"])]
+    pub strategy: Option<String>,
+    /// Weight of GPU-like resources in the scheduler's resource-fit score (cpu and memory weigh
+    /// 1): 3 by default, for a scheduler configured to score GPUs; 0 for Kubernetes' default.
+    #[arg(long, value_name = "N")]
+    pub gpu_weight: Option<u32>,
+    /// Warm ceil(HEADROOM × replicas) nodes per image.
+    #[arg(long, value_name = "HEADROOM")]
+    pub headroom: Option<f64>,
+    /// Nodes per region that fetch over the WAN first (wave 0).
+    #[arg(long, value_name = "N")]
+    pub seeds_per_region: Option<u32>,
+    /// A node pool, as a label selector (`pool=edge`, `tier in (idc,edge)`); pools fill in the
+    /// order given (repeatable). Replaces the policy file's pools.
+    #[arg(long = "pool", value_name = "SELECTOR")]
+    pub pools: Vec<String>,
+    /// Also write the plan as JSON to FILE (what `ferry prewarm apply` takes).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// `text`: a table; `json`: the plan.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }

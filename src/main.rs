@@ -6,6 +6,7 @@ mod config;
 mod containerd_config;
 mod convert;
 mod node;
+mod prewarm;
 mod profile;
 mod pull;
 mod status;
@@ -37,6 +38,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Convert(a) => convert::run(a).await,
             cli::Command::Pull(a) => pull::run(a).await,
             cli::Command::Profile(a) => profile::run(a).await,
+            cli::Command::Prewarm(a) => prewarm::run(a),
         }
     });
     match result {

@@ -32,5 +32,6 @@ mod mirror;
 mod offline;
 mod p2p;
 mod p2p_site;
+mod prewarm;
 mod ranges;
 mod snapshotter;

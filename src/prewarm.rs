@@ -1,0 +1,88 @@
+//! `ferry prewarm plan`: reads the files operators already have (kubectl's node and pod lists, the
+//! rollout's manifests, what ferry nodes hold), hands them to the pure planner
+//! (`p2p_node::prewarm`) and prints the plan: a table, or JSON for `ferry prewarm apply`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use p2p_node::prewarm::{self, Cluster, Holdings, LabelSelector, PlanInput, Policy, Strategy};
+
+use crate::cli::{OutputFormat, PlanArgs, PrewarmArgs, PrewarmCommand};
+
+pub fn run(args: PrewarmArgs) -> Result<()> {
+    match args.command {
+        PrewarmCommand::Plan(a) => plan(a),
+    }
+}
+
+/// A file's text and the name errors call it by (as given on the command line).
+fn read(path: &Path) -> Result<(String, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((path.display().to_string(), text))
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    let (name, text) = read(&args.nodes)?;
+    let nodes = prewarm::parse_nodes(&name, &text)?;
+    let pods = match &args.pods {
+        Some(p) => {
+            let (name, text) = read(p)?;
+            prewarm::parse_pods(&name, &text)?
+        }
+        None => Vec::new(),
+    };
+    let mut input = PlanInput { cluster: Cluster::new(nodes, &pods)?, ..Default::default() };
+    for path in &args.rollouts {
+        let (name, text) = read(path)?;
+        let manifests = prewarm::parse_manifests(&name, &text)?;
+        input.rollouts.extend(manifests.rollouts);
+        input.notes.extend(manifests.skipped);
+    }
+    anyhow::ensure!(!input.rollouts.is_empty(), "no Deployment, StatefulSet, Job or DaemonSet in {:?}", args.rollouts);
+    input.holdings = match &args.holdings {
+        Some(p) => {
+            let (name, text) = read(p)?;
+            prewarm::parse_holdings(&name, &text)?
+        }
+        None => Holdings::default(),
+    };
+    let plan = prewarm::plan(&input, &policy(&args)?)?;
+    let json = serde_json::to_string_pretty(&plan)?;
+    if let Some(out) = &args.write {
+        std::fs::write(out, format!("{json}\n")).with_context(|| format!("writing {}", out.display()))?;
+    }
+    match args.output {
+        OutputFormat::Json => println!("{json}"),
+        OutputFormat::Text => print!("{}", plan.render_table()),
+    }
+    Ok(())
+}
+
+/// The policy file (if any), then the flags over it.
+fn policy(args: &PlanArgs) -> Result<Policy> {
+    let mut policy = match &args.policy {
+        Some(p) => {
+            let (name, text) = read(p)?;
+            toml::from_str(&text).with_context(|| format!("{name}: not a prewarm policy"))?
+        }
+        None => Policy::default(),
+    };
+    if let Some(s) = &args.strategy {
+        policy.strategy = if s == "binpack" { Strategy::Binpack } else { Strategy::Spread };
+    }
+    if let Some(w) = args.gpu_weight {
+        policy.gpu_weight = w;
+    }
+    if let Some(h) = args.headroom {
+        policy.headroom = h;
+    }
+    if let Some(n) = args.seeds_per_region {
+        policy.seeds_per_region = n;
+    }
+    if !args.pools.is_empty() {
+        policy.pools =
+            args.pools.iter().map(|s| s.parse::<LabelSelector>().with_context(|| format!("--pool {s}"))).collect::<Result<_>>()?;
+    }
+    policy.validate()?;
+    Ok(policy)
+}
