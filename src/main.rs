@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Convert(a) => convert::run(a).await,
             cli::Command::Pull(a) => pull::run(a).await,
             cli::Command::Profile(a) => profile::run(a).await,
-            cli::Command::Prewarm(a) => prewarm::run(a),
+            cli::Command::Prewarm(a) => prewarm::run(a).await,
         }
     });
     match result {

@@ -2,26 +2,13 @@
 //! rollout's manifests, what ferry nodes hold), hands them to the pure planner
 //! (`p2p_node::prewarm`) and prints the plan: a table, or JSON for `ferry prewarm apply`.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use p2p_node::prewarm::{self, Cluster, Holdings, LabelSelector, PlanInput, Policy, Strategy};
 
-use crate::cli::{OutputFormat, PlanArgs, PrewarmArgs, PrewarmCommand};
+use super::read;
+use crate::cli::{OutputFormat, PlanArgs};
 
-pub fn run(args: PrewarmArgs) -> Result<()> {
-    match args.command {
-        PrewarmCommand::Plan(a) => plan(a),
-    }
-}
-
-/// A file's text and the name errors call it by (as given on the command line).
-fn read(path: &Path) -> Result<(String, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok((path.display().to_string(), text))
-}
-
-fn plan(args: PlanArgs) -> Result<()> {
+pub async fn run(args: PlanArgs) -> Result<()> {
     let (name, text) = read(&args.nodes)?;
     let nodes = prewarm::parse_nodes(&name, &text)?;
     let pods = match &args.pods {

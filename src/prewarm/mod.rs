@@ -1,0 +1,21 @@
+//! `ferry prewarm`: plan a rollout's prewarming ([`plan`]) and have the nodes carry it out.
+
+mod plan;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{PrewarmArgs, PrewarmCommand};
+
+pub async fn run(args: PrewarmArgs) -> Result<()> {
+    match args.command {
+        PrewarmCommand::Plan(a) => plan::run(a).await,
+    }
+}
+
+/// A file's text and the name errors call it by (as given on the command line).
+fn read(path: &Path) -> Result<(String, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((path.display().to_string(), text))
+}
