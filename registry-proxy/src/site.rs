@@ -154,7 +154,7 @@ impl SiteFill {
         let me = self.swarm.peer_id();
         let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != me && !peers.iter().any(|c| c.id == *p)).collect();
         let maps = self.ask_maps(others).await;
-        peers.extend(maps.keys().map(|id| SitePeer { id: *id, region: None }));
+        peers.extend(maps.keys().map(|id| SitePeer { id: *id, region: None, name: None }));
         maps
     }
 

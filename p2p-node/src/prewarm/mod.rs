@@ -9,7 +9,8 @@
 //!
 //! Data flow: [`parse_nodes`] + [`parse_pods`] → [`Cluster`]; [`parse_manifests`] → [`Rollout`]s;
 //! [`parse_holdings`] → [`Holdings`]; all in a [`PlanInput`] → [`plan`] → [`Plan`]
-//! (serde, and [`Plan::render_table`]).
+//! (serde, and [`Plan::render_table`]). The plan's warm nodes become [`order::Order`]s, signed
+//! by the operator and checked by each node before it fetches anything.
 //!
 //! How: `filter` refuses nodes as the scheduler's filters would; `score` scores the rest as its
 //! scoring would (resource fit by [`Strategy`], preferred affinity, `PreferNoSchedule` taints)
@@ -28,6 +29,7 @@ mod cluster;
 mod doc;
 mod filter;
 mod holdings;
+pub mod order;
 mod plan;
 mod quantity;
 mod rollout;
@@ -35,6 +37,7 @@ mod score;
 mod selector;
 mod simulate;
 mod table;
+pub mod warm;
 
 use std::collections::BTreeMap;
 

@@ -19,6 +19,7 @@ use libp2p::{allow_block_list, identify, mdns, noise, tcp, yamux, Multiaddr, Pee
 use tokio::sync::{mpsc, oneshot};
 
 use super::limits::Limits;
+use super::orders::{self, InboundOrder, OrderRequest, OrderResponse};
 use super::protocol::{Codec, Request, Response, PROTOCOL};
 use super::serve::serve;
 use super::{Ban, Command, FetchOrder, SitePeer, SwarmConfig};
@@ -38,6 +39,15 @@ pub(crate) struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     pieces: request_response::Behaviour<Codec>,
+    orders: request_response::Behaviour<orders::Codec>,
+}
+
+/// Where peers' requests go that the node itself answers.
+pub(crate) struct ToNode {
+    /// Pieces to fetch from the origin for a peer.
+    pub orders: mpsc::Sender<FetchOrder>,
+    /// Prewarm order requests.
+    pub inbound_orders: mpsc::Sender<InboundOrder>,
 }
 
 pub(crate) struct EventLoop {
@@ -48,13 +58,17 @@ pub(crate) struct EventLoop {
     store: Store,
     limits: Arc<Limits>,
     orders: mpsc::Sender<FetchOrder>,
+    inbound_orders: mpsc::Sender<InboundOrder>,
     corrupt_served_pieces: bool,
     bans: HashMap<PeerId, (Instant, String)>,
     bootstrapped: bool,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, Error>>>,
+    order_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<OrderResponse, Error>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
     regions: HashMap<PeerId, String>,
+    /// Peers' node names, as they announce them.
+    names: HashMap<PeerId, String>,
 }
 
 fn swarm_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -73,10 +87,11 @@ impl EventLoop {
         limits: Arc<Limits>,
         commands: mpsc::Receiver<Command>,
         myself: mpsc::WeakSender<Command>,
-        orders: mpsc::Sender<FetchOrder>,
+        ToNode { orders, inbound_orders }: ToNode,
     ) -> Result<EventLoop, Error> {
         let psk = config.psk;
         let region = config.region.clone();
+        let node_name = config.node_name.clone();
         let mdns_on = config.mdns;
         let corrupt_served_pieces = config.test_fault_corrupt_served_pieces;
         if corrupt_served_pieces {
@@ -99,7 +114,7 @@ impl EventLoop {
                 let local = key.public().to_peer_id();
                 let identify = identify::Behaviour::new(
                     identify::Config::new("/ferry/id/1.0.0".into(), key.public())
-                        .with_agent_version(format!("ferry/{} region={region}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("ferry/{} region={region} node={node_name}", env!("CARGO_PKG_VERSION"))),
                 );
                 let mut kad_config = kad::Config::new(KAD_PROTOCOL);
                 kad_config.set_provider_record_ttl(Some(PROVIDER_TTL)).set_provider_publication_interval(Some(PROVIDER_REPUBLISH));
@@ -111,7 +126,12 @@ impl EventLoop {
                     [(PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
                 );
-                Ok(Behaviour { blocked: Default::default(), identify, kad, mdns: Toggle::from(mdns), pieces })
+                let orders = request_response::Behaviour::with_codec(
+                    orders::codec(),
+                    [(orders::PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+                );
+                Ok(Behaviour { blocked: Default::default(), identify, kad, mdns: Toggle::from(mdns), pieces, orders })
             })
             .map_err(|e| swarm_error("building the behaviour", e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -133,13 +153,16 @@ impl EventLoop {
             store,
             limits,
             orders,
+            inbound_orders,
             corrupt_served_pieces,
             bans: HashMap::new(),
             bootstrapped: false,
             providers: HashMap::new(),
             requests: HashMap::new(),
+            order_requests: HashMap::new(),
             dials: HashMap::new(),
             regions: HashMap::new(),
+            names: HashMap::new(),
         })
     }
 
@@ -207,12 +230,21 @@ impl EventLoop {
                     tracing::debug!("a peer left before its piece response");
                 }
             }
+            Command::OrderRequest { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().orders.send_request(&peer, request);
+                self.order_requests.insert(id, reply);
+            }
+            Command::OrderRespond { channel, response } => {
+                if self.swarm.behaviour_mut().orders.send_response(channel, response).is_err() {
+                    tracing::debug!("a peer left before its order response");
+                }
+            }
             Command::Peers { reply } => {
                 let peers = self
                     .swarm
                     .connected_peers()
                     .filter(|p| !self.bans.contains_key(p))
-                    .map(|p| SitePeer { id: *p, region: self.regions.get(p).cloned() })
+                    .map(|p| SitePeer { id: *p, region: self.regions.get(p).cloned(), name: self.names.get(p).cloned() })
                     .collect();
                 let _ = reply.send(peers);
             }
@@ -272,8 +304,12 @@ impl EventLoop {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
-                if let Some(region) = info.agent_version.split_whitespace().find_map(|w| w.strip_prefix("region=")) {
-                    self.regions.insert(peer_id, region.to_string());
+                let word = |key: &str| info.agent_version.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string);
+                if let Some(region) = word("region=") {
+                    self.regions.insert(peer_id, region);
+                }
+                if let Some(name) = word("node=") {
+                    self.names.insert(peer_id, name);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -301,6 +337,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Pieces(event)) => self.on_pieces(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Orders(event)) => self.on_orders(event),
             _ => {}
         }
     }
@@ -337,6 +374,41 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "a piece request from a peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands peers' order requests to the node (which verifies them) and its answers back; when
+    /// the node is busy or not listening, refuses at once.
+    fn on_orders(&mut self, event: request_response::Event<OrderRequest, OrderResponse>) {
+        match event {
+            request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
+                let (reply, answer) = oneshot::channel();
+                let busy = self.inbound_orders.try_send(InboundOrder { peer, request, reply }).is_err();
+                let myself = self.myself.clone();
+                tokio::spawn(async move {
+                    let response = match (busy, answer.await) {
+                        (false, Ok(r)) => r,
+                        _ => OrderResponse::Refused("the node is not taking prewarm orders now".into()),
+                    };
+                    if let Some(tx) = myself.upgrade() {
+                        let _ = tx.send(Command::OrderRespond { channel, response }).await;
+                    }
+                });
+            }
+            request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.order_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(reply) = self.order_requests.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Peer { peer: peer.to_string(), why: error.to_string() }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, %error, "a prewarm order request from a peer failed");
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -1,6 +1,7 @@
 //! The libp2p swarm of a site's nodes: discovery (bootstrap addresses, mDNS, a Kademlia DHT under
 //! Ferry's own protocol name), provider records for blobs, the `/ferry/pieces/1` exchange, bans,
-//! rate caps, and [`site`]: who fetches which piece from the origin.
+//! rate caps, [`site`]: who fetches which piece from the origin, and the `/ferry/prewarm/1`
+//! exchange of prewarm orders ([`orders`]).
 //!
 //! Shape: a cloneable [`Client`] sends [`Command`]s, each with a reply channel, to an
 //! [`event_loop::EventLoop`] that owns the `Swarm` (which is not `Sync`). Pending DHT queries and
@@ -13,6 +14,7 @@
 
 mod event_loop;
 mod limits;
+pub mod orders;
 pub mod protocol;
 mod serve;
 pub mod site;
@@ -46,6 +48,8 @@ pub struct SwarmConfig {
     pub mdns: bool,
     /// This node's region, told to peers (same-region peers are preferred).
     pub region: String,
+    /// This node's name (the Kubernetes node name), told to peers: prewarm orders find it by it.
+    pub node_name: String,
     /// Upload cap in bytes per second for everything served to peers (`None`: no cap).
     pub upload_rate: Option<u64>,
     /// Download cap in bytes per second for everything fetched from peers (`None`: no cap).
@@ -62,6 +66,9 @@ pub struct SwarmConfig {
 pub struct PeerInfo {
     pub peer_id: String,
     pub region: Option<String>,
+    /// The peer's node name.
+    #[serde(default)]
+    pub node: Option<String>,
     /// What this node exchanged with the peer.
     #[serde(default)]
     pub traffic: PeerTraffic,
@@ -80,6 +87,7 @@ pub struct Ban {
 pub struct SitePeer {
     pub id: PeerId,
     pub region: Option<String>,
+    pub name: Option<String>,
 }
 
 /// A peer asked for a piece of a segment this node owns and nobody here fetches: fetch it from
@@ -92,10 +100,12 @@ pub struct FetchOrder {
     pub from: PeerId,
 }
 
-/// The swarm handle and the fetch orders peers send, which the node's fetcher carries out.
+/// The swarm handle, the fetch orders peers send (which the node's fetcher carries out), and the
+/// prewarm order requests peers send (which the node verifies and answers).
 pub struct Swarm {
     pub client: Client,
     pub orders: mpsc::Receiver<FetchOrder>,
+    pub prewarm: mpsc::Receiver<orders::InboundOrder>,
 }
 
 /// What a peer answered to a piece request.
@@ -115,6 +125,8 @@ pub(crate) enum Command {
     Providers { digest: Digest, reply: oneshot::Sender<Vec<PeerId>> },
     Request { peer: PeerId, request: protocol::Request, reply: oneshot::Sender<Result<protocol::Response, Error>> },
     Respond { channel: libp2p::request_response::ResponseChannel<protocol::Response>, response: protocol::Response },
+    OrderRequest { peer: PeerId, request: orders::OrderRequest, reply: oneshot::Sender<Result<orders::OrderResponse, Error>> },
+    OrderRespond { channel: libp2p::request_response::ResponseChannel<orders::OrderResponse>, response: orders::OrderResponse },
     Peers { reply: oneshot::Sender<Vec<SitePeer>> },
     Ban { peer: PeerId, until: Instant, why: String },
     Bans { reply: oneshot::Sender<Vec<Ban>> },
@@ -246,12 +258,22 @@ impl Client {
         self.ask(|reply| Command::Peers { reply }).await
     }
 
+    /// Sends a prewarm order request to `peer` and waits for its answer.
+    pub async fn order_request(&self, peer: PeerId, request: orders::OrderRequest) -> Result<orders::OrderResponse, Error> {
+        self.ask(|reply| Command::OrderRequest { peer, request, reply }).await?
+    }
+
+    /// The connected peer that calls itself `name`.
+    pub async fn peer_named(&self, name: &str) -> Result<Option<PeerId>, Error> {
+        Ok(self.site_peers().await?.into_iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.id))
+    }
+
     /// The peers connected now, with what was exchanged with each.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         let peers = self.site_peers().await?;
         Ok(peers
             .into_iter()
-            .map(|p| PeerInfo { peer_id: p.id.to_string(), region: p.region, traffic: self.limits.counters.of(&p.id) })
+            .map(|p| PeerInfo { peer_id: p.id.to_string(), region: p.region, node: p.name, traffic: self.limits.counters.of(&p.id) })
             .collect())
     }
 }
@@ -286,12 +308,21 @@ pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Swarm, E
     let local = key.public().to_peer_id();
     let (tx, rx) = mpsc::channel(256);
     let (orders_tx, orders) = mpsc::channel(256);
+    let (prewarm_tx, prewarm) = mpsc::channel(64);
     let counters = Arc::new(limits::Counters::default());
     let limits = Arc::new(limits::Limits::new(config.upload_rate, config.download_rate, config.upload_per_peer, counters));
     let region = config.region.clone();
-    let event_loop = event_loop::EventLoop::new(config, key, store, limits.clone(), rx, tx.downgrade(), orders_tx)?;
+    let event_loop = event_loop::EventLoop::new(
+        config,
+        key,
+        store,
+        limits.clone(),
+        rx,
+        tx.downgrade(),
+        event_loop::ToNode { orders: orders_tx, inbound_orders: prewarm_tx },
+    )?;
     tokio::spawn(event_loop.run());
-    Ok(Swarm { client: Client { tx, local, region, limits }, orders })
+    Ok(Swarm { client: Client { tx, local, region, limits }, orders, prewarm })
 }
 
 #[cfg(test)]

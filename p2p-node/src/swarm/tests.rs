@@ -9,9 +9,12 @@ fn psk(byte: u8) -> PreSharedKey {
     PreSharedKey::new([byte; 32])
 }
 
+static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 struct Node {
     client: Client,
     orders: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<FetchOrder>>,
+    prewarm: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<orders::InboundOrder>>,
     store: Store,
     _dir: tempfile::TempDir,
 }
@@ -29,6 +32,7 @@ async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, uplo
         psk: key,
         mdns: false,
         region: "site-a".into(),
+        node_name: format!("gpu-{}", NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         upload_rate,
         download_rate,
         upload_per_peer: 2,
@@ -36,7 +40,13 @@ async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, uplo
     };
     let identity = load_or_create_identity(&dir.path().join("identity.key")).expect("identity");
     let swarm = spawn(config, identity, store.clone()).expect("spawn");
-    Node { client: swarm.client, orders: tokio::sync::Mutex::new(swarm.orders), store, _dir: dir }
+    Node {
+        client: swarm.client,
+        orders: tokio::sync::Mutex::new(swarm.orders),
+        prewarm: tokio::sync::Mutex::new(swarm.prewarm),
+        store,
+        _dir: dir,
+    }
 }
 
 /// The node's address with its peer id, once it listens.
@@ -242,4 +252,41 @@ async fn downloads_keep_to_the_rate_cap() {
     assert_eq!(t.bytes_in, 6 * PIECE_SIZE, "per-peer bytes in");
     assert!(t.rate > 0.0, "the peer's rate was measured");
     assert_eq!(a.client.traffic_with(&b.client.peer_id()).bytes_out, 6 * PIECE_SIZE, "per-peer bytes out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_order_requests_reach_the_named_peer_and_come_back_answered() {
+    use crate::prewarm::order::{Order, SigningKey};
+    use orders::{OrderRequest, OrderResponse};
+    let a = node(Some(psk(7)), vec![]).await;
+    let a_addr = address(&a).await;
+    let b = node(Some(psk(7)), vec![a_addr.clone()]).await;
+    b.client.dial(a_addr).await.expect("connects");
+    // A's name as B learned it from identify.
+    let mut found = None;
+    for _ in 0..100 {
+        let peers = b.client.site_peers().await.expect("peers");
+        if let Some(p) = peers.iter().find(|p| p.id == a.client.peer_id() && p.name.is_some()) {
+            found = p.name.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let name = found.expect("B learns A's node name");
+    assert_eq!(b.client.peer_named(&name).await.expect("peers"), Some(a.client.peer_id()));
+    assert_eq!(b.client.peer_named("no-such-node").await.expect("peers"), None);
+
+    let order = Order { id: "1".into(), node: name, image: "r.local/x:1".into(), wave: 0, issued_at: 1, expires_at: 2, rate: None };
+    let signed = SigningKey::generate().sign(&order);
+    let a_id = a.client.peer_id();
+    let answering = tokio::spawn(async move {
+        let inbound = a.prewarm.lock().await.recv().await.expect("a request arrives");
+        let seen = inbound.request.clone();
+        let _ = inbound.reply.send(OrderResponse::Refused("checked and refused".into()));
+        (seen, a)
+    });
+    let answer = b.client.order_request(a_id, OrderRequest::Deliver(signed.clone())).await;
+    let (seen, _a) = answering.await.expect("answered");
+    assert_eq!(seen, OrderRequest::Deliver(signed));
+    assert_eq!(answer.expect("an answer"), OrderResponse::Refused("checked and refused".into()));
 }
