@@ -84,6 +84,13 @@ pub struct NodeFlags {
     /// Find peers on the local network by mDNS [default: true].
     #[arg(long, value_name = "true|false")]
     pub mdns: Option<bool>,
+    /// This node's name in prewarm orders: its Kubernetes node name [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// An operator's public key (`ed25519:<hex>`, from `ferry prewarm keygen`) whose prewarm
+    /// orders this node carries out (repeatable); replaces the file's list.
+    #[arg(long = "operator-key", value_name = "KEY")]
+    pub operator_keys: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +228,72 @@ pub enum PrewarmCommand {
     /// Rank the nodes a rollout's pods will land on (GPU fit, free GPUs, affinity, taints, pools,
     /// what is cached) and pick the ones to warm, one WAN seed per region first.
     Plan(PlanArgs),
+    /// Have the plan's nodes fetch their images: signed orders, handed to the local node, which
+    /// sends them over the swarm; wave 0 (the WAN seeds) first, then wave 1 from the seeds.
+    Apply(ApplyArgs),
+    /// The prewarm orders of this node and of every peer it can ask.
+    Status(PrewarmStatusArgs),
+    /// Make an operator key: the secret signs orders, nodes trust the public key
+    /// (`--operator-key` or `prewarm.operator_keys`).
+    Keygen(KeygenArgs),
+}
+
+/// How a client command finds the local node's admin socket.
+#[derive(Debug, Args, Clone)]
+pub struct AdminFlags {
+    /// TOML configuration file of the node (see deploy/ferry.toml).
+    #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The node's admin socket [default: /run/ferry/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl AdminFlags {
+    pub fn node_flags(&self) -> NodeFlags {
+        NodeFlags { config: self.config.clone(), admin_socket: self.admin_socket.clone(), ..NodeFlags::default() }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan, as `ferry prewarm plan -o FILE` wrote it.
+    pub plan: PathBuf,
+    /// The operator's secret key (from `ferry prewarm keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub admin: AdminFlags,
+    /// Give up waiting after this long and report where each node stands.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Orders not started within this long are refused by their nodes.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub valid_for: std::time::Duration,
+    /// Bytes per second each node may spend ("50MiB"); nodes keep to their own cap too.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Only these nodes' orders (repeatable).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// `text` (progress bars, then a report) or `json` (the report).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PrewarmStatusArgs {
+    #[command(flatten)]
+    pub admin: AdminFlags,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (created with mode 0600; an existing file is kept).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,34 @@ pub struct FileConfig {
     pub admin: AdminSection,
     pub p2p: P2pSection,
     pub snapshotter: SnapshotterSection,
+    pub prewarm: PrewarmSection,
+}
+
+/// Prewarm orders: whose this node carries out, and how fast.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrewarmSection {
+    /// The node's name in orders (its Kubernetes node name); the hostname when empty.
+    pub node_name: String,
+    /// Operators' public keys (`ed25519:<hex>`); with none, every order is refused.
+    pub operator_keys: Vec<String>,
+    /// The most an order may fetch per second ("50MiB"; "0": no cap), leaving the rest of the
+    /// link to running workloads.
+    pub rate: String,
+}
+
+impl Default for PrewarmSection {
+    fn default() -> PrewarmSection {
+        PrewarmSection { node_name: String::new(), operator_keys: Vec::new(), rate: "50MiB".into() }
+    }
+}
+
+/// The prewarm settings, validated.
+#[derive(Debug)]
+pub struct PrewarmSettings {
+    pub node_name: String,
+    pub operator_keys: Vec<p2p_node::prewarm::order::OperatorKey>,
+    pub rate: Option<u64>,
 }
 
 /// containerd's `proxy_plugins` snapshotter; off unless a socket is given.
@@ -189,6 +217,7 @@ pub struct NodeSettings {
     pub snapshotter_socket: Option<PathBuf>,
     /// Background prefetch of lazy layers, bytes per second (0: no cap); `None`: off.
     pub prefetch_rate: Option<u64>,
+    pub prewarm: PrewarmSettings,
 }
 
 /// Reads the file (if any) and applies the flags over it.
@@ -247,6 +276,12 @@ pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
     if let Some(m) = flags.mdns {
         file.p2p.mdns = m;
     }
+    if let Some(n) = &flags.node_name {
+        file.prewarm.node_name = n.clone();
+    }
+    if !flags.operator_keys.is_empty() {
+        file.prewarm.operator_keys = flags.operator_keys.clone();
+    }
     Ok(file)
 }
 
@@ -298,6 +333,8 @@ impl FileConfig {
                 stale_if_error: r.stale_if_error,
                 piece_timeout: r.piece_timeout,
                 lazy_layers: self.snapshotter.socket.is_some().then(Default::default),
+                // Set by `ferry node`, which has the mirror's address the warmer reads through.
+                prewarm: None,
             },
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),
@@ -307,7 +344,26 @@ impl FileConfig {
                 spec => Some(parse_capacity(spec, Path::new("/")).context("snapshotter.prefetch_rate")?),
             },
             p2p: self.p2p_settings()?,
+            prewarm: self.prewarm_settings()?,
         })
+    }
+
+    fn prewarm_settings(&self) -> Result<PrewarmSettings> {
+        let p = &self.prewarm;
+        let node_name = match p.node_name.trim() {
+            "" => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+            name => name.to_string(),
+        };
+        if node_name.is_empty() || node_name.contains(char::is_whitespace) {
+            bail!("prewarm.node_name {node_name:?}: give the node's name (its Kubernetes node name) with --node-name, without spaces");
+        }
+        let operator_keys = p
+            .operator_keys
+            .iter()
+            .map(|k| k.parse().map_err(|e: String| anyhow::anyhow!("prewarm.operator_keys: {e}")))
+            .collect::<Result<_>>()?;
+        let rate = parse_capacity(&p.rate, Path::new("/")).context("prewarm.rate")?;
+        Ok(PrewarmSettings { node_name, operator_keys, rate: (rate > 0).then_some(rate) })
     }
 
     fn p2p_settings(&self) -> Result<Option<P2pSettings>> {

@@ -36,12 +36,19 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     );
 
     let swarm = match &s.p2p {
-        Some(p) => Some(start_swarm(p, &s.store_path, &store).await?),
+        Some(p) => Some(start_swarm(p, &s.prewarm.node_name, &s.store_path, &store).await?),
         None => None,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let mirror_addr = registry.local_addr()?;
+    tracing::info!(node_name = %s.prewarm.node_name, operator_keys = s.prewarm.operator_keys.len(), "taking prewarm orders");
+    s.mirror.prewarm = Some(registry_proxy::prewarm::PrewarmSettings {
+        node_name: s.prewarm.node_name.clone(),
+        operator_keys: s.prewarm.operator_keys.clone(),
+        rate: s.prewarm.rate,
+        warm: std::sync::Arc::new(snapshotter::warm::Warmer { mirror: mirror_addr, store: store.clone() }),
+    });
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
     let snapshotter = match &s.snapshotter_socket {
         Some(socket) => {
@@ -97,7 +104,12 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
 }
 
 /// Joins the site's swarm with the node's persistent identity (kept in the store folder).
-async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, store: &Store) -> Result<p2p_node::swarm::Swarm> {
+async fn start_swarm(
+    p: &config::P2pSettings,
+    node_name: &str,
+    store_path: &std::path::Path,
+    store: &Store,
+) -> Result<p2p_node::swarm::Swarm> {
     use p2p_node::swarm;
     let psk = swarm::load_psk(&p.psk_file)?;
     let key = swarm::load_or_create_identity(&store_path.join("p2p/identity.key"))?;
@@ -107,6 +119,7 @@ async fn start_swarm(p: &config::P2pSettings, store_path: &std::path::Path, stor
         psk: Some(psk),
         mdns: p.mdns,
         region: p.region.clone(),
+        node_name: node_name.to_string(),
         upload_rate: p.upload_rate,
         download_rate: p.download_rate,
         test_fault_corrupt_served_pieces: std::env::var("FERRY_TEST_FAULT_CORRUPT_SERVED_PIECES").as_deref() == Ok("1"),

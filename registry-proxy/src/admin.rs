@@ -1,5 +1,9 @@
-//! The node's admin API on a unix socket (`GET /status`), its client for `ferry status`, and the
-//! Prometheus `/metrics` endpoint.
+//! The node's admin API on a unix socket, its client ([`fetch_status`], [`deliver_orders`], …), and the Prometheus `/metrics`
+//! endpoint. Admin routes:
+//! - `GET /status`: what `ferry status` shows;
+//! - `POST /prewarm/orders`: signed orders (JSON list) to deliver; answers a [`Delivery`] each;
+//! - `POST /prewarm/progress`: [`ProgressQuery`]s; answers a [`Report`] each;
+//! - `GET /prewarm/status`: a [`Report`] of this node and each named peer.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use p2p_node::store::{Store, Usage};
 
 use crate::metrics::{Metrics, Traffic};
 use crate::mirror::full;
+use crate::prewarm::{Delivery, Orders, ProgressQuery, Report};
 use crate::serve::Body;
 use crate::Error;
 
@@ -99,7 +104,11 @@ pub struct AdminState {
     pub upstreams: Vec<String>,
     pub swarm: Option<p2p_node::swarm::Client>,
     pub lazy: Option<Arc<p2p_node::layers::LazyStats>>,
+    pub prewarm: Option<Arc<Orders>>,
 }
+
+/// The largest admin request body (a plan's signed orders).
+const MAX_ADMIN_BODY: usize = 16 << 20;
 
 impl AdminState {
     pub async fn status(&self) -> Status {
@@ -140,10 +149,33 @@ impl AdminState {
     }
 
     pub async fn handle_admin(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
-            (&http::Method::GET, "/status") => {
-                let json = serde_json::to_vec_pretty(&self.status().await).unwrap_or_default();
-                reply(StatusCode::OK, "application/json", json)
+        let json = |value: &dyn erased::Json| reply(StatusCode::OK, "application/json", value.to_json());
+        let route = (req.method().clone(), req.uri().path().to_string());
+        match (route.0, route.1.as_str()) {
+            (http::Method::GET, "/status") => json(&self.status().await),
+            (method, path) if path.starts_with("/prewarm/") => {
+                let Some(orders) = self.prewarm.clone() else {
+                    return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"this node takes no prewarm orders\n".to_vec());
+                };
+                match (method, path) {
+                    (http::Method::GET, "/prewarm/status") => json(&orders.site().await),
+                    (http::Method::POST, "/prewarm/orders") => match read_json::<Vec<p2p_node::prewarm::order::SignedOrder>>(req).await {
+                        Ok(list) => {
+                            let deliveries: Vec<Delivery> =
+                                futures_util::future::join_all(list.into_iter().map(|s| orders.deliver(s))).await;
+                            json(&deliveries)
+                        }
+                        Err(r) => r,
+                    },
+                    (http::Method::POST, "/prewarm/progress") => match read_json::<Vec<ProgressQuery>>(req).await {
+                        Ok(queries) => {
+                            let reports: Vec<Report> = futures_util::future::join_all(queries.into_iter().map(|q| orders.report(q))).await;
+                            json(&reports)
+                        }
+                        Err(r) => r,
+                    },
+                    _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try POST /prewarm/orders\n".to_vec()),
+                }
             }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try GET /status\n".to_vec()),
         }
@@ -163,6 +195,29 @@ impl AdminState {
     }
 }
 
+mod erased {
+    /// Any serializable value, to hand to one reply function.
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec_pretty(self).unwrap_or_default()
+        }
+    }
+}
+
+/// The request's JSON body (at most [`MAX_ADMIN_BODY`]), or the error reply.
+async fn read_json<T: serde::de::DeserializeOwned>(req: http::Request<Incoming>) -> Result<T, Response<Body>> {
+    let bad = |why: String| reply(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n").into_bytes());
+    let body = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| bad(format!("reading the request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| bad(format!("malformed request body: {e}")))
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
@@ -172,16 +227,53 @@ fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
 
 /// Asks the node behind `socket` for its status.
 pub async fn fetch_status(socket: &Path) -> Result<Status, Error> {
+    call(socket, http::Method::GET, "/status", None::<&()>).await
+}
+
+/// Hands signed orders to the node behind `socket`, which delivers each to its node.
+pub async fn deliver_orders(socket: &Path, orders: &[p2p_node::prewarm::order::SignedOrder]) -> Result<Vec<Delivery>, Error> {
+    call(socket, http::Method::POST, "/prewarm/orders", Some(&orders)).await
+}
+
+/// How the orders in `queries` are going, as their nodes say.
+pub async fn order_progress(socket: &Path, queries: &[ProgressQuery]) -> Result<Vec<Report>, Error> {
+    call(socket, http::Method::POST, "/prewarm/progress", Some(&queries)).await
+}
+
+/// Every order of the node behind `socket` and of its named peers.
+pub async fn prewarm_status(socket: &Path) -> Result<Vec<Report>, Error> {
+    call(socket, http::Method::GET, "/prewarm/status", None::<&()>).await
+}
+
+/// Calls the admin API behind `socket`: `body` sent as JSON, the answer read as JSON.
+async fn call<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, Error> {
     let io_err = |what: &str, e: std::io::Error| Error::Io { what: format!("{what} {}", socket.display()), source: e };
+    let other = |what: &str, e: &dyn std::fmt::Display| io_err(what, std::io::Error::other(e.to_string()));
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| io_err("connecting to the admin socket", e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io_err("talking to", std::io::Error::other(e)))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| other("talking to", &e))?;
     tokio::spawn(conn);
-    let req = http::Request::get("/status")
+    let body = match body {
+        Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| other("encoding a request for", &e))?),
+        None => Bytes::new(),
+    };
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, "ferry")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| io_err("building a request for", std::io::Error::other(e)))?;
-    let resp = sender.send_request(req).await.map_err(|e| io_err("requesting status from", std::io::Error::other(e)))?;
-    let body = resp.into_body().collect().await.map_err(|e| io_err("reading status from", std::io::Error::other(e)))?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| io_err("decoding status from", std::io::Error::other(e)))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| other("building a request for", &e))?;
+    let resp = sender.send_request(req).await.map_err(|e| other(&format!("requesting {path} from"), &e))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| other(&format!("reading {path} from"), &e))?.to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(other(&format!("{path}: {status}: {} from", text.trim()), &""));
+    }
+    serde_json::from_slice(&body).map_err(|e| other(&format!("decoding {path} from"), &e))
 }

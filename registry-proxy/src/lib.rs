@@ -6,7 +6,9 @@
 //! - the [`fetcher::Fetcher`]: local store first, then the site's peers ([`site`]), then the
 //!   origin, one fetch per piece per site, streamed;
 //! - [`manifests`]: verified manifest cache with tag revalidation and stale-if-error;
-//! - the admin API (`ferry status`) and Prometheus metrics ([`admin`], [`metrics`]).
+//! - the admin API (`ferry status`, `ferry prewarm`) and Prometheus metrics ([`admin`],
+//!   [`metrics`]);
+//! - [`prewarm`]: prewarm orders, checked, carried out here or handed to the node they name.
 //!
 //! Data flow: containerd → [`mirror::Mirror`] → ([`manifests::Manifests`] | [`fetcher::Fetcher`])
 //! → `p2p_node::store::Store` ↔ [`upstream::Upstream`].
@@ -26,6 +28,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod mirror;
 pub mod names;
+pub mod prewarm;
 pub mod route;
 pub mod serve;
 pub mod settings;
@@ -59,9 +62,9 @@ pub async fn run(
     swarm: Option<p2p_node::swarm::Swarm>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let (swarm, orders) = match swarm {
-        Some(s) => (Some(s.client), Some(s.orders)),
-        None => (None, None),
+    let (swarm, orders, prewarm_inbound) = match swarm {
+        Some(s) => (Some(s.client), Some(s.orders), Some(s.prewarm)),
+        None => (None, None, None),
     };
     let metrics = Arc::new(metrics::Metrics::new(settings.lazy_layers.clone()));
     let upstreams = upstream::Upstreams::new(&settings)?;
@@ -75,6 +78,13 @@ pub async fn run(
         swarm.clone(),
     ));
     let manifests = manifests::Manifests::new(store.clone(), metrics.clone(), settings.manifest_timeout, settings.stale_if_error);
+    let prewarm_orders = settings.prewarm.clone().map(|p| {
+        let dir = store.root().join("prewarm");
+        Arc::new(prewarm::Orders::new(p, dir, swarm.clone(), metrics.clone(), tasks.clone(), cancel.clone()))
+    });
+    if let (Some(o), Some(inbound)) = (&prewarm_orders, prewarm_inbound) {
+        tasks.spawn(o.clone().serve_peers(inbound, cancel.clone()));
+    }
     let admin = Arc::new(admin::AdminState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -86,6 +96,7 @@ pub async fn run(
         },
         swarm,
         lazy: settings.lazy_layers.clone(),
+        prewarm: prewarm_orders,
     });
     let mirror = Arc::new(mirror::Mirror {
         upstreams,

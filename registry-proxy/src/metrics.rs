@@ -49,6 +49,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `accepted`, `refused`, `done` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -76,6 +82,8 @@ pub struct Metrics {
     pub peer_bans: Counter,
     /// Pieces fetched from the origin although peers were there, by reason.
     pub peer_fallbacks: Family<ReasonLabel, Counter>,
+    /// Prewarm orders this node received, by what became of them.
+    pub prewarm_orders: Family<OutcomeLabel, Counter>,
     /// The swarm's totals at the last scrape, to add only what is new.
     peer_seen: std::sync::Mutex<p2p_node::swarm::Traffic>,
 }
@@ -112,6 +120,7 @@ impl Metrics {
             peer_hedges: Counter::default(),
             peer_bans: Counter::default(),
             peer_fallbacks: Family::default(),
+            prewarm_orders: Family::default(),
             peer_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -148,9 +157,17 @@ impl Metrics {
             "Pieces fetched from the origin while peers were connected: `owned` (this node's share), `no_peer` (no peer gave it in time), `repair` (peer bytes failed verification)",
             m.peer_fallbacks.clone(),
         );
+        registry.register(
+            "ferry_prewarm_orders",
+            "Prewarm orders received: `accepted` or `refused` (bad signature, unknown key, other node, expired, replay), then `done` or `failed`",
+            m.prewarm_orders.clone(),
+        );
         // Known label sets exist from the start, at zero, so scrapers see them on a fresh node.
         for source in ["cache", "peer", "origin"] {
             let _ = m.bytes_served.get_or_create(&SourceLabel { source });
+        }
+        for outcome in ["accepted", "refused", "done", "failed"] {
+            let _ = m.prewarm_orders.get_or_create(&OutcomeLabel { outcome });
         }
         for direction in ["in", "out"] {
             let _ = m.peer_bytes.get_or_create(&DirectionLabel { direction });
@@ -167,6 +184,10 @@ impl Metrics {
 }
 
 impl Metrics {
+    pub fn prewarm_order(&self, outcome: &'static str) {
+        self.prewarm_orders.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     pub fn served(&self, source: &'static str, n: u64) {
         self.bytes_served.get_or_create(&SourceLabel { source }).inc_by(n);
     }

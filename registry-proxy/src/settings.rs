@@ -61,6 +61,8 @@ pub struct MirrorSettings {
     /// the mirror records which blob each layer's snapshot name stands for (this fetches an
     /// image's config when its manifest is served).
     pub lazy_layers: Option<std::sync::Arc<p2p_node::layers::LazyStats>>,
+    /// Prewarm orders: who may give them and how they are carried out; `None`: none are taken.
+    pub prewarm: Option<crate::prewarm::PrewarmSettings>,
 }
 
 impl Default for MirrorSettings {
@@ -76,6 +78,7 @@ impl Default for MirrorSettings {
             stale_if_error: Duration::from_secs(7 * 24 * 3600),
             piece_timeout: Duration::from_secs(60),
             lazy_layers: None,
+            prewarm: None,
         }
     }
 }

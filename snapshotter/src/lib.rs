@@ -13,9 +13,8 @@
 //! - [`convert`]: images to zstd:chunked, startup files first;
 //! - [`pull`]: `ferry pull`, an image into containerd with lazy layers mounted, over containerd's
 //!   own API ([`containerd`]) and the node's mirror ([`mirror`]);
-//! - [`profile`]: `ferry profile`, the chunks a command reads, for `convert --prioritize`.
-//!
-//! Planned: FUSE passthrough for fetched files.
+//! - [`profile`]: `ferry profile`, the chunks a command reads, for `convert --prioritize`;
+//! - [`warm`]: an image fetched ahead of time for a prewarm order, startup chunks first.
 //!
 //! Data flow: blob bytes → footer → TOC (checked against the digest the image manifest
 //! annotates) → entries → chunk byte ranges → decompressed, verified chunk bytes.
@@ -38,6 +37,7 @@ pub mod pull;
 pub mod service;
 pub mod tar;
 pub mod toc;
+pub mod warm;
 pub mod zstd_chunked;
 
 pub use error::Error;

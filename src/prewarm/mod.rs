@@ -1,5 +1,8 @@
-//! `ferry prewarm`: plan a rollout's prewarming ([`plan`]) and have the nodes carry it out.
+//! `ferry prewarm`: plan a rollout's prewarming ([`plan`]), make the operator key ([`keys`]),
+//! and have the nodes carry the plan out and report ([`apply`]).
 
+mod apply;
+mod keys;
 mod plan;
 
 use std::path::Path;
@@ -11,6 +14,9 @@ use crate::cli::{PrewarmArgs, PrewarmCommand};
 pub async fn run(args: PrewarmArgs) -> Result<()> {
     match args.command {
         PrewarmCommand::Plan(a) => plan::run(a).await,
+        PrewarmCommand::Apply(a) => apply::apply(a).await,
+        PrewarmCommand::Status(a) => apply::status(a).await,
+        PrewarmCommand::Keygen(a) => keys::keygen(a),
     }
 }
 

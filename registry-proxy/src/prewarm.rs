@@ -1,0 +1,356 @@
+//! Prewarm orders on a node: the ones it carries out, and the ones it hands on.
+//!
+//! `ferry prewarm apply` gives the node it runs on (through the admin socket) the signed orders
+//! of a plan; that node delivers each to the node it names — itself, or a peer found by its node
+//! name over `/ferry/prewarm/1` — and later asks those nodes how their orders are going. A node
+//! receiving an order checks it ([`SignedOrder::verify`]: a trusted operator key, its own name,
+//! in time), refuses an id it has seen before, and then fetches the image through the [`Warm`]
+//! it was given (the snapshotter's: startup chunks first, then whole layers, through this node's
+//! own mirror, so from peers where they have it), one order at a time, at a capped rate.
+//!
+//! Invariants: nothing is fetched for an order that failed verification or was seen before;
+//! seen ids are on disk before an order is accepted, so a restarted node refuses replays too; the
+//! book of orders is bounded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use p2p_node::prewarm::order::{OperatorKey, Order, OrderProgress, OrderState, Refusal, SignedOrder};
+use p2p_node::prewarm::warm::{Warm, WarmProgress};
+use p2p_node::swarm::orders::{InboundOrder, OrderRequest, OrderResponse};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+
+/// Orders remembered for `status`, finished ones dropped oldest first beyond this.
+const BOOK_LIMIT: usize = 1000;
+
+/// How this node takes prewarm orders.
+#[derive(Clone)]
+pub struct PrewarmSettings {
+    /// The name orders use for this node (its Kubernetes node name).
+    pub node_name: String,
+    /// Orders signed by these keys are carried out; with none, every order is refused.
+    pub operator_keys: Vec<OperatorKey>,
+    /// Bytes per second an order may use at most (an order may ask for less).
+    pub rate: Option<u64>,
+    pub warm: Arc<dyn Warm>,
+}
+
+impl std::fmt::Debug for PrewarmSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrewarmSettings")
+            .field("node_name", &self.node_name)
+            .field("operator_keys", &self.operator_keys.len())
+            .field("rate", &self.rate)
+            .finish()
+    }
+}
+
+/// What became of handing one order to its node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub node: String,
+    pub accepted: bool,
+    /// Why it was refused or could not be delivered.
+    #[serde(default)]
+    pub why: Option<String>,
+}
+
+/// Which of its orders to ask a node about (no ids: all of them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressQuery {
+    pub node: String,
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+/// What a node said of its orders, or why it could not be asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub node: String,
+    pub orders: Vec<OrderProgress>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+struct Entry {
+    order: Order,
+    state: OrderState,
+    progress: Arc<WarmProgress>,
+    received: Instant,
+    seconds: Option<f64>,
+}
+
+/// The node's prewarm orders.
+pub struct Orders {
+    settings: PrewarmSettings,
+    swarm: Option<p2p_node::swarm::Client>,
+    metrics: Arc<Metrics>,
+    seen_path: PathBuf,
+    /// Order id → when it expires; kept (on disk too) until then.
+    seen: Mutex<BTreeMap<String, u64>>,
+    book: Mutex<BTreeMap<String, Entry>>,
+    one_at_a_time: Arc<Semaphore>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Orders {
+    /// The orders of a node whose state lives under `dir` (seen ids in `dir/seen.json`).
+    pub fn new(
+        settings: PrewarmSettings,
+        dir: PathBuf,
+        swarm: Option<p2p_node::swarm::Client>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Orders {
+        let seen_path = dir.join("seen.json");
+        let seen = match std::fs::read(&seen_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %seen_path.display(), error = %e, "unreadable list of seen prewarm orders; starting a new one");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Orders {
+            settings,
+            swarm,
+            metrics,
+            seen_path,
+            seen: Mutex::new(seen),
+            book: Mutex::new(BTreeMap::new()),
+            one_at_a_time: Arc::new(Semaphore::new(1)),
+            tasks,
+            cancel,
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.settings.node_name
+    }
+
+    /// Checks an order for this node and, if it holds, starts carrying it out.
+    pub fn accept(self: &Arc<Self>, signed: &SignedOrder, from: &str) -> Result<(), Refusal> {
+        let result = self.check(signed);
+        match &result {
+            Ok(order) => {
+                tracing::info!(id = %order.id, image = %order.image, wave = order.wave, %from, "accepted a prewarm order");
+                self.metrics.prewarm_order("accepted");
+                self.start(order.clone());
+            }
+            Err(why) => {
+                tracing::warn!(%from, %why, "refused a prewarm order");
+                self.metrics.prewarm_order("refused");
+            }
+        }
+        result.map(drop)
+    }
+
+    fn check(&self, signed: &SignedOrder) -> Result<Order, Refusal> {
+        let now = unix_now();
+        let order = signed.verify(&self.settings.operator_keys, &self.settings.node_name, now)?;
+        let mut seen = lock(&self.seen);
+        seen.retain(|_, expires| *expires > now);
+        if seen.contains_key(&order.id) {
+            return Err(Refusal::Replay(order.id));
+        }
+        seen.insert(order.id.clone(), order.expires_at);
+        if let Err(e) = self.persist(&seen) {
+            seen.remove(&order.id);
+            return Err(Refusal::Malformed(format!("cannot record the order as seen: {e}")));
+        }
+        Ok(order)
+    }
+
+    fn persist(&self, seen: &BTreeMap<String, u64>) -> std::io::Result<()> {
+        if let Some(dir) = self.seen_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.seen_path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(seen)?)?;
+        std::fs::rename(&tmp, &self.seen_path)
+    }
+
+    fn start(self: &Arc<Self>, order: Order) {
+        let progress = Arc::new(WarmProgress::default());
+        {
+            let mut book = lock(&self.book);
+            book.insert(
+                order.id.clone(),
+                Entry {
+                    order: order.clone(),
+                    state: OrderState::Queued,
+                    progress: progress.clone(),
+                    received: Instant::now(),
+                    seconds: None,
+                },
+            );
+            if book.len() > BOOK_LIMIT {
+                let oldest = book.iter().filter(|(_, e)| e.state.is_final()).min_by_key(|(_, e)| e.received).map(|(id, _)| id.clone());
+                if let Some(id) = oldest {
+                    book.remove(&id);
+                }
+            }
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let Ok(_turn) = this.one_at_a_time.clone().acquire_owned().await else { return };
+            this.set_state(&order.id, OrderState::Priority);
+            let rate = match (order.rate, this.settings.rate) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = this.settings.warm.warm(&order.image, rate, &progress) => r,
+                _ = this.cancel.cancelled() => Err("the node is shutting down".to_string()),
+            };
+            let secs = started.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => {
+                    tracing::info!(id = %order.id, image = %order.image, bytes = progress.done_bytes.load(Relaxed), secs, "prewarm order done");
+                    this.metrics.prewarm_order("done");
+                    this.finish(&order.id, OrderState::Done, secs);
+                }
+                Err(why) => {
+                    tracing::warn!(id = %order.id, image = %order.image, %why, "prewarm order failed");
+                    this.metrics.prewarm_order("failed");
+                    this.finish(&order.id, OrderState::Failed(why), secs);
+                }
+            }
+        });
+    }
+
+    fn set_state(&self, id: &str, state: OrderState) {
+        if let Some(e) = lock(&self.book).get_mut(id) {
+            e.state = state;
+        }
+    }
+
+    fn finish(&self, id: &str, state: OrderState, secs: f64) {
+        if let Some(e) = lock(&self.book).get_mut(id) {
+            e.state = state;
+            e.seconds = Some(secs);
+        }
+    }
+
+    /// This node's orders with these ids (none: all), oldest first.
+    pub fn progress(&self, ids: &[String]) -> Vec<OrderProgress> {
+        let book = lock(&self.book);
+        let mut out: Vec<(Instant, OrderProgress)> = book
+            .values()
+            .filter(|e| ids.is_empty() || ids.contains(&e.order.id))
+            .map(|e| {
+                let p = &e.progress;
+                let state = match &e.state {
+                    OrderState::Priority if p.layers.load(Relaxed) => OrderState::Layers,
+                    s => s.clone(),
+                };
+                let progress = OrderProgress {
+                    id: e.order.id.clone(),
+                    node: e.order.node.clone(),
+                    image: e.order.image.clone(),
+                    wave: e.order.wave,
+                    state,
+                    total_bytes: p.total_bytes.load(Relaxed),
+                    done_bytes: p.done_bytes.load(Relaxed),
+                    priority_bytes: p.priority_bytes.load(Relaxed),
+                    seconds: e.seconds.unwrap_or_else(|| e.received.elapsed().as_secs_f64()),
+                };
+                (e.received, progress)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+
+    async fn ask(&self, node: &str, request: OrderRequest) -> Result<OrderResponse, String> {
+        let swarm = self.swarm.as_ref().ok_or_else(|| format!("node {node:?} is not this node, and P2P is off here"))?;
+        let peer = swarm
+            .peer_named(node)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("node {node:?} is not connected to this node's swarm"))?;
+        swarm.order_request(peer, request).await.map_err(|e| e.to_string())
+    }
+
+    /// Hands `signed` to the node it names (this one or a peer) and says what it answered.
+    pub async fn deliver(self: &Arc<Self>, signed: SignedOrder) -> Delivery {
+        let order = match signed.peek() {
+            Ok(o) => o,
+            Err(why) => return Delivery { id: String::new(), node: String::new(), accepted: false, why: Some(why.to_string()) },
+        };
+        let (id, node) = (order.id, order.node);
+        let answer = if node == self.settings.node_name {
+            self.accept(&signed, "the admin socket").map_err(|e| e.to_string())
+        } else {
+            match self.ask(&node, OrderRequest::Deliver(signed)).await {
+                Ok(OrderResponse::Accepted) => Ok(()),
+                Ok(OrderResponse::Refused(why)) => Err(why),
+                Ok(other) => Err(format!("answered {other:?}")),
+                Err(why) => Err(why),
+            }
+        };
+        Delivery { id, node, accepted: answer.is_ok(), why: answer.err() }
+    }
+
+    /// What `query.node` says of its orders.
+    pub async fn report(&self, query: ProgressQuery) -> Report {
+        let ProgressQuery { node, ids } = query;
+        if node == self.settings.node_name {
+            return Report { orders: self.progress(&ids), node, error: None };
+        }
+        match self.ask(&node, OrderRequest::Progress { ids }).await {
+            Ok(OrderResponse::Progress(orders)) => Report { node, orders, error: None },
+            Ok(other) => Report { node, orders: Vec::new(), error: Some(format!("answered {other:?}")) },
+            Err(why) => Report { node, orders: Vec::new(), error: Some(why) },
+        }
+    }
+
+    /// Every order of this node and of each named peer.
+    pub async fn site(&self) -> Vec<Report> {
+        let mut nodes = vec![self.settings.node_name.clone()];
+        if let Some(swarm) = &self.swarm {
+            let mut peers: Vec<String> = swarm.site_peers().await.unwrap_or_default().into_iter().filter_map(|p| p.name).collect();
+            peers.sort();
+            nodes.extend(peers);
+        }
+        let queries = nodes.into_iter().map(|node| self.report(ProgressQuery { node, ids: Vec::new() }));
+        futures_util::future::join_all(queries).await
+    }
+
+    /// Answers peers' order requests until `cancel`.
+    pub async fn serve_peers(self: Arc<Self>, mut inbound: mpsc::Receiver<InboundOrder>, cancel: CancellationToken) {
+        loop {
+            let InboundOrder { peer, request, reply } = tokio::select! {
+                r = inbound.recv() => match r { Some(r) => r, None => return },
+                _ = cancel.cancelled() => return,
+            };
+            let response = match request {
+                OrderRequest::Deliver(signed) => match self.accept(&signed, &peer.to_string()) {
+                    Ok(()) => OrderResponse::Accepted,
+                    Err(why) => OrderResponse::Refused(why.to_string()),
+                },
+                OrderRequest::Progress { ids } => OrderResponse::Progress(self.progress(&ids)),
+            };
+            let _ = reply.send(response);
+        }
+    }
+}
