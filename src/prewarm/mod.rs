@@ -1,5 +1,7 @@
-//! `ferry prewarm`: plan a rollout's prewarming ([`plan`]) and have the nodes carry it out.
+//! `ferry prewarm`: plan a rollout's prewarming ([`plan`], from files or live from the cluster's
+//! API through [`kube`]) and have the nodes carry it out.
 
+mod kube;
 mod plan;
 
 use std::path::Path;
