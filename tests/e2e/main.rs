@@ -33,5 +33,6 @@ mod offline;
 mod p2p;
 mod p2p_site;
 mod prewarm;
+mod prewarm_live;
 mod ranges;
 mod snapshotter;
