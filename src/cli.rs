@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -296,7 +296,10 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
+// The cluster comes from files (`--nodes`, `--pods`) or, live, from the API (`--kubeconfig`):
+// exactly one of the two.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("cluster").required(true).args(["nodes", "kubeconfig"])))]
 pub struct PlanArgs {
     /// The rollout: Deployment, StatefulSet, Job or DaemonSet manifests (YAML or JSON, several
     /// documents per file). Other kinds are skipped with a note.
@@ -304,10 +307,19 @@ pub struct PlanArgs {
     pub rollouts: Vec<PathBuf>,
     /// The nodes, as `kubectl get nodes -o json` prints them.
     #[arg(long, value_name = "FILE")]
-    pub nodes: PathBuf,
+    pub nodes: Option<PathBuf>,
     /// The pods already running, as `kubectl get pods -A -o json` prints them.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
     pub pods: Option<PathBuf>,
+    /// Live mode: list the nodes and pods from the Kubernetes API this kubeconfig points at
+    /// (auth: token, token file, client certificate, basic; the user needs `list` on nodes and
+    /// pods). Given explicitly: `KUBECONFIG` is not read.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context to use [default: its current-context].
+    // `requires` alone lets `--context` pass with `--nodes` (which excludes `--kubeconfig`).
+    #[arg(long, value_name = "NAME", requires = "kubeconfig", conflicts_with = "nodes")]
+    pub context: Option<String>,
     /// What each ferry node holds and what each image is made of (JSON or YAML:
     /// `{"nodes": {NODE: [DIGEST…]}, "images": {IMAGE: [{"digest", "size"}…]}}`).
     #[arg(long, value_name = "FILE")]

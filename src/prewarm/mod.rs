@@ -1,8 +1,10 @@
-//! `ferry prewarm`: plan a rollout's prewarming ([`plan`]), make the operator key ([`keys`]),
-//! and have the nodes carry the plan out and report ([`apply`]).
+//! `ferry prewarm`: plan a rollout's prewarming ([`plan`], from files or live from the cluster's
+//! API through [`kube`]), make the operator key ([`keys`]), and have the nodes carry the plan out
+//! and report ([`apply`]).
 
 mod apply;
 mod keys;
+mod kube;
 mod plan;
 
 use std::path::Path;

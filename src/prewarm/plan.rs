@@ -1,24 +1,19 @@
 //! `ferry prewarm plan`: reads the files operators already have (kubectl's node and pod lists, the
 //! rollout's manifests, what ferry nodes hold), hands them to the pure planner
-//! (`p2p_node::prewarm`) and prints the plan: a table, or JSON for `ferry prewarm apply`.
+//! (`p2p_node::prewarm`) and prints the plan: a table, or JSON for `ferry prewarm apply`. In live
+//! mode (`--kubeconfig`) the node and pod lists come from the Kubernetes API instead ([`kube`]).
+//!
+//! [`kube`]: super::kube
 
 use anyhow::{Context, Result};
 use p2p_node::prewarm::{self, Cluster, Holdings, LabelSelector, PlanInput, Policy, Strategy};
 
+use super::kube::Api;
 use super::read;
 use crate::cli::{OutputFormat, PlanArgs};
 
 pub async fn run(args: PlanArgs) -> Result<()> {
-    let (name, text) = read(&args.nodes)?;
-    let nodes = prewarm::parse_nodes(&name, &text)?;
-    let pods = match &args.pods {
-        Some(p) => {
-            let (name, text) = read(p)?;
-            prewarm::parse_pods(&name, &text)?
-        }
-        None => Vec::new(),
-    };
-    let mut input = PlanInput { cluster: Cluster::new(nodes, &pods)?, ..Default::default() };
+    let mut input = PlanInput { cluster: cluster(&args).await?, ..Default::default() };
     for path in &args.rollouts {
         let (name, text) = read(path)?;
         let manifests = prewarm::parse_manifests(&name, &text)?;
@@ -43,6 +38,32 @@ pub async fn run(args: PlanArgs) -> Result<()> {
         OutputFormat::Text => print!("{}", plan.render_table()),
     }
     Ok(())
+}
+
+/// The nodes and pods: from the API with `--kubeconfig`, else from the files.
+async fn cluster(args: &PlanArgs) -> Result<Cluster> {
+    let (nodes, pods) = match &args.kubeconfig {
+        Some(kubeconfig) => {
+            let api = Api::from_kubeconfig(kubeconfig, args.context.as_deref())?;
+            let (name, text) = api.nodes().await?;
+            let nodes = prewarm::parse_nodes(&name, &text)?;
+            let (name, text) = api.pods().await?;
+            (nodes, prewarm::parse_pods(&name, &text)?)
+        }
+        None => {
+            let (name, text) = read(args.nodes.as_ref().context("--nodes FILE or --kubeconfig FILE is needed")?)?;
+            let nodes = prewarm::parse_nodes(&name, &text)?;
+            let pods = match &args.pods {
+                Some(p) => {
+                    let (name, text) = read(p)?;
+                    prewarm::parse_pods(&name, &text)?
+                }
+                None => Vec::new(),
+            };
+            (nodes, pods)
+        }
+    };
+    Ok(Cluster::new(nodes, &pods)?)
 }
 
 /// The policy file (if any), then the flags over it.

@@ -34,5 +34,6 @@ mod p2p;
 mod p2p_site;
 mod prewarm;
 mod prewarm_apply;
+mod prewarm_live;
 mod ranges;
 mod snapshotter;

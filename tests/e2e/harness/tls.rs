@@ -1,6 +1,7 @@
 //! A throwaway certificate authority made with the `openssl` CLI: a CA certificate, server
-//! certificates for `127.0.0.1`/`localhost` (for a TLS upstream registry), and an RSA signing
-//! certificate with its key (for the token server's JWTs, whose `x5c` chains to the CA).
+//! certificates for `127.0.0.1`/`localhost` (for a TLS upstream registry), client certificates,
+//! and an RSA signing certificate with its key (for the token server's JWTs, whose `x5c` chains
+//! to the CA).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +74,12 @@ impl TestCa {
     pub fn issue_server_cert(&self, name: &str) -> IssuedCert {
         let ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
                    keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n";
+        self.issue(name, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"], ext)
+    }
+
+    /// A TLS client certificate; `name` is its common name (the user, to Kubernetes).
+    pub fn issue_client_cert(&self, name: &str) -> IssuedCert {
+        let ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
         self.issue(name, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"], ext)
     }
 
