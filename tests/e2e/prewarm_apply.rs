@@ -96,21 +96,36 @@ fn holds(node: &FerryNode, blobs: &[(String, u64)]) -> bool {
     blobs.iter().all(|(d, _)| have.contains(d))
 }
 
+/// A registry holding `REPO:chunked`: busybox plus a 3 MiB startup file (prioritized) and 8 MiB
+/// of weights, converted to zstd:chunked.
+async fn lazy_image(work: &Path) -> Registry {
+    let registry = Registry::plain().await;
+    let files: [(&str, &[u8]); 2] = [("opt/start.bin", &random_bytes(1, 3 << 20)), ("opt/weights.bin", &random_bytes(2, 8 << 20))];
+    push(&build_busybox_with(work, "warm", &files), &registry, &format!("{REPO}:src"));
+    let prioritize = work.join("startup.txt");
+    std::fs::write(&prioritize, "opt/start.bin\n").expect("write");
+    let host = registry.host_port();
+    let mut convert = Command::new(FERRY_BIN);
+    convert.args(["convert", &format!("{host}/{REPO}:src"), &format!("{host}/{REPO}:chunked"), "--prioritize"]).arg(&prioritize);
+    run_ok(&mut convert, T);
+    registry
+}
+
+/// Writes a node list of `names` and the rollout, and plans it into `plan.json` in `dir`.
+fn plan(dir: &Path, names: &[&str], replicas: u32, extra: &[&str]) -> std::path::PathBuf {
+    let (nodes_json, rollout, plan) = (dir.join("nodes.json"), dir.join("rollout.yaml"), dir.join("plan.json"));
+    std::fs::write(&nodes_json, node_list(names)).expect("write");
+    std::fs::write(&rollout, ROLLOUT.replace("replicas: 2", &format!("replicas: {replicas}"))).expect("write");
+    let mut cmd = Command::new(FERRY_BIN);
+    cmd.args(["prewarm", "plan", "--nodes"]).arg(&nodes_json).args(extra).arg(&rollout).arg("-o").arg(&plan);
+    run_ok(&mut cmd, T);
+    plan
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_warms_three_nodes_wave_by_wave_and_later_pulls_take_no_origin_bytes() {
     let work = temp_dir("prewarm-apply");
-    let registry = Registry::plain().await;
-    let files: [(&str, &[u8]); 2] = [("opt/start.bin", &random_bytes(1, 3 << 20)), ("opt/weights.bin", &random_bytes(2, 8 << 20))];
-    push(&build_busybox_with(work.path(), "warm", &files), &registry, &format!("{REPO}:src"));
-    let prioritize = work.path().join("startup.txt");
-    std::fs::write(&prioritize, "opt/start.bin\n").expect("write");
-    let host = registry.host_port();
-    run_ok(
-        Command::new(FERRY_BIN)
-            .args(["convert", &format!("{host}/{REPO}:src"), &format!("{host}/{REPO}:chunked"), "--prioritize"])
-            .arg(&prioritize),
-        T,
-    );
+    let registry = lazy_image(work.path()).await;
     let (manifest, blobs) = image_blobs(&registry).await;
     let image_bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
 
@@ -135,18 +150,7 @@ async fn apply_warms_three_nodes_wave_by_wave_and_later_pulls_take_no_origin_byt
     .await;
 
     // The plan: 2 replicas × headroom 1.5 = all three nodes; one seed in the region, two after.
-    let (nodes_json, rollout, plan) = (work.path().join("nodes.json"), work.path().join("rollout.yaml"), work.path().join("plan.json"));
-    std::fs::write(&nodes_json, node_list(&["edge-0", "edge-1", "edge-2"])).expect("write");
-    std::fs::write(&rollout, ROLLOUT).expect("write");
-    run_ok(
-        Command::new(FERRY_BIN)
-            .args(["prewarm", "plan", "--headroom", "1.5", "--nodes"])
-            .arg(&nodes_json)
-            .arg(&rollout)
-            .arg("-o")
-            .arg(&plan),
-        T,
-    );
+    let plan = plan(work.path(), &["edge-0", "edge-1", "edge-2"], 2, &["--headroom", "1.5"]);
 
     let out = run_ok(
         Command::new(FERRY_BIN)
@@ -284,10 +288,7 @@ async fn orders_a_node_must_not_obey_are_refused_and_fetch_nothing() {
     assert_eq!(node.metric("ferry_prewarm_orders_total", &[("outcome", "refused")]).await, 1.0, "counted since the restart");
 
     // `ferry prewarm apply` with a key the node does not trust: refused, a non-zero exit.
-    let (nodes_json, rollout, plan) = (work.path().join("nodes.json"), work.path().join("rollout.yaml"), work.path().join("plan.json"));
-    std::fs::write(&nodes_json, node_list(&["edge-9"])).expect("write");
-    std::fs::write(&rollout, ROLLOUT.replace("replicas: 2", "replicas: 1")).expect("write");
-    run_ok(Command::new(FERRY_BIN).args(["prewarm", "plan", "--nodes"]).arg(&nodes_json).arg(&rollout).arg("-o").arg(&plan), T);
+    let plan = plan(work.path(), &["edge-9"], 1, &[]);
     let (wrong, _) = keygen(work.path(), "wrong.key");
     let out = run_cmd(
         Command::new(FERRY_BIN).args(["prewarm", "apply", "--key"]).arg(&wrong).arg("--admin-socket").arg(node.admin_socket()).arg(&plan),
@@ -301,4 +302,35 @@ async fn orders_a_node_must_not_obey_are_refused_and_fetch_nothing() {
     let asked: Vec<String> = registry.access_lines().into_iter().map(|l| l.path).filter(|p| p.starts_with("/v2/test/")).collect();
     assert!(asked.iter().all(|p| p.starts_with("/v2/test/absent/")), "a refused order fetched something: {asked:?}");
     assert!(node.complete_blobs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_keeps_to_its_rate_and_skips_what_the_node_holds() {
+    let work = temp_dir("prewarm-rate");
+    let registry = lazy_image(work.path()).await;
+    let (_, blobs) = image_blobs(&registry).await;
+    let image_bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
+    let (key, public) = keygen(work.path(), "operator.key");
+    let mut options = FerryOptions::upstream("registry.local", &registry.url());
+    options.extra_args = vec!["--node-name".into(), "edge-5".into(), "--operator-key".into(), public];
+    let node = FerryNode::start(options).await;
+    let plan = plan(work.path(), &["edge-5"], 1, &[]);
+    let apply = |rate: &str| {
+        let mut cmd = Command::new(FERRY_BIN);
+        cmd.args(["prewarm", "apply", "--output", "json", "--rate", rate, "--key"]).arg(&key);
+        cmd.arg("--admin-socket").arg(node.admin_socket()).arg(&plan);
+        let out = run_ok(&mut cmd, T);
+        let o: Vec<serde_json::Value> = serde_json::from_str(&out).expect("report");
+        assert_eq!(o[0]["result"], "done", "{out}");
+        o[0]["seconds"].as_f64().expect("seconds")
+    };
+    // The layers (12 MiB) at 4 MiB/s: three seconds at least (the config is not paced).
+    let rate = 4u64 << 20;
+    let capped = apply("4MiB");
+    let floor = 0.8 * (image_bytes - blobs[0].1) as f64 / rate as f64;
+    assert!(capped >= floor, "the order took {capped:.2} s; at 4 MiB/s it needs at least {floor:.2} s");
+    assert!(holds(&node, &blobs));
+    // Everything is here now: a second order fetches nothing and is not paced.
+    let again = apply("1MiB");
+    assert!(again < 2.0, "a warm of a held image took {again:.2} s");
 }
