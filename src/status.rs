@@ -38,8 +38,9 @@ fn render_p2p(s: &Status) -> String {
             for peer in &p.peers {
                 let t = &peer.traffic;
                 out.push_str(&format!(
-                    "  {} (region {}): {} in at {}/s, {} out, {} failures\n",
+                    "  {} (node {}, region {}): {} in at {}/s, {} out, {} failures\n",
                     peer.peer_id,
+                    peer.node.as_deref().unwrap_or("?"),
                     peer.region.as_deref().unwrap_or("?"),
                     bytes(t.bytes_in),
                     bytes(t.rate as u64),
