@@ -58,6 +58,8 @@ impl std::fmt::Debug for PrewarmSettings {
 pub struct Delivery {
     pub id: String,
     pub node: String,
+    /// The node got the order and answered (`accepted` says how).
+    pub reached: bool,
     pub accepted: bool,
     /// Why it was refused or could not be delivered.
     #[serde(default)]
@@ -174,7 +176,7 @@ impl Orders {
         seen.insert(order.id.clone(), order.expires_at);
         if let Err(e) = self.persist(&seen) {
             seen.remove(&order.id);
-            return Err(Refusal::Malformed(format!("cannot record the order as seen: {e}")));
+            return Err(Refusal::Unavailable(format!("cannot record the order as seen in {}: {e}", self.seen_path.display())));
         }
         Ok(order)
     }
@@ -295,20 +297,22 @@ impl Orders {
     pub async fn deliver(self: &Arc<Self>, signed: SignedOrder) -> Delivery {
         let order = match signed.peek() {
             Ok(o) => o,
-            Err(why) => return Delivery { id: String::new(), node: String::new(), accepted: false, why: Some(why.to_string()) },
-        };
-        let (id, node) = (order.id, order.node);
-        let answer = if node == self.settings.node_name {
-            self.accept(&signed, "the admin socket").map_err(|e| e.to_string())
-        } else {
-            match self.ask(&node, OrderRequest::Deliver(signed)).await {
-                Ok(OrderResponse::Accepted) => Ok(()),
-                Ok(OrderResponse::Refused(why)) => Err(why),
-                Ok(other) => Err(format!("answered {other:?}")),
-                Err(why) => Err(why),
+            Err(why) => {
+                return Delivery { id: String::new(), node: String::new(), reached: false, accepted: false, why: Some(why.to_string()) }
             }
         };
-        Delivery { id, node, accepted: answer.is_ok(), why: answer.err() }
+        let (id, node) = (order.id, order.node);
+        let (reached, answer) = if node == self.settings.node_name {
+            (true, self.accept(&signed, "the admin socket").map_err(|e| e.to_string()))
+        } else {
+            match self.ask(&node, OrderRequest::Deliver(signed)).await {
+                Ok(OrderResponse::Accepted) => (true, Ok(())),
+                Ok(OrderResponse::Refused(why)) => (true, Err(why)),
+                Ok(other) => (true, Err(format!("answered {other:?}"))),
+                Err(why) => (false, Err(why)),
+            }
+        };
+        Delivery { id, node, reached, accepted: answer.is_ok(), why: answer.err() }
     }
 
     /// What `query.node` says of its orders.

@@ -43,6 +43,8 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
         Some(r) => Some(config::parse_capacity(r, Path::new("/")).context("--rate")?),
         None => None,
     };
+    let max = p2p_node::prewarm::order::MAX_VALIDITY;
+    anyhow::ensure!((60..=max).contains(&args.valid_for.as_secs()), "--valid-for must be between 1 minute and {} hours", max / 3600);
     let waves = orders(&plan, &args, rate, &key)?;
     if waves.is_empty() {
         bail!("the plan warms no node{}", if args.nodes.is_empty() { "" } else { " of those given with --node" });
@@ -59,7 +61,7 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
                 waiting.insert(d.id.clone(), (order, bar(&bars, &d.node, wave)));
             } else {
                 let why = d.why.unwrap_or_default();
-                let result = if why.contains("not connected") || why.contains("P2P is off") { "undelivered" } else { "refused" };
+                let result = if d.reached { "refused" } else { "undelivered" };
                 outcomes.push(Outcome {
                     node: d.node,
                     image: order.image,
@@ -98,7 +100,7 @@ fn orders(plan: &Plan, args: &ApplyArgs, rate: Option<u64>, key: &SigningKey) ->
                 image: full_reference(&image.image),
                 wave,
                 issued_at: now,
-                expires_at: now + args.valid_for.as_secs().clamp(60, p2p_node::prewarm::order::MAX_VALIDITY),
+                expires_at: now + args.valid_for.as_secs(),
                 rate,
             };
             waves.entry(wave).or_default().push(key.sign(&order));
@@ -180,7 +182,6 @@ fn outcome(order: &Order, p: &OrderProgress) -> Outcome {
     let (result, why) = match &p.state {
         OrderState::Done => ("done", None),
         OrderState::Failed(w) => ("failed", Some(w.clone())),
-        OrderState::Refused(w) => ("refused", Some(w.clone())),
         _ => ("timeout", None),
     };
     Outcome {
@@ -201,7 +202,6 @@ fn state_word(s: &OrderState) -> &'static str {
         OrderState::Layers => "layers",
         OrderState::Done => "done",
         OrderState::Failed(_) => "failed",
-        OrderState::Refused(_) => "refused",
     }
 }
 
@@ -241,7 +241,7 @@ pub async fn status(args: PrewarmStatusArgs) -> Result<()> {
         }
         for p in &r.orders {
             let state = match &p.state {
-                OrderState::Failed(w) | OrderState::Refused(w) => format!("{}: {w}", state_word(&p.state)),
+                OrderState::Failed(w) => format!("failed: {w}"),
                 s => state_word(s).to_string(),
             };
             let bytes = format!("{}/{}", human_bytes(p.done_bytes), human_bytes(p.total_bytes));

@@ -128,6 +128,8 @@ pub enum Refusal {
     TooLong(u64),
     #[error("order {0} was seen before (a replay)")]
     Replay(String),
+    #[error("the node cannot take orders now: {0}")]
+    Unavailable(String),
 }
 
 impl SignedOrder {
@@ -181,12 +183,11 @@ pub enum OrderState {
     Layers,
     Done,
     Failed(String),
-    Refused(String),
 }
 
 impl OrderState {
     pub fn is_final(&self) -> bool {
-        matches!(self, OrderState::Done | OrderState::Failed(_) | OrderState::Refused(_))
+        matches!(self, OrderState::Done | OrderState::Failed(_))
     }
 }
 
