@@ -8,6 +8,9 @@
 //! Invariants: only a rename after a successful whole-blob sha256 puts a file in `blobs/`; after
 //! a kill -9, [`Store::open`] keeps only bitmap-proven pieces of partial blobs; eviction (LRU,
 //! between a high and a low watermark) never removes a blob that a [`BlobReader`] or a fetch holds.
+//! The books (`State`) and the names under `blobs/` and `partial/` change together, under the
+//! state lock: a file is renamed into `blobs/`, or set aside for removal, only while the lock is
+//! held, so a blob evicted and at once fetched again never loses its new file to the eviction.
 
 mod bitmap;
 mod partial;
@@ -71,6 +74,15 @@ struct Complete {
     size: u64,
     last_access: SystemTime,
     leases: usize,
+    /// Tells this entry from a later one of the same digest, so a lease goes back to the entry
+    /// it was taken on.
+    id: u64,
+}
+
+impl Complete {
+    fn new(size: u64, last_access: SystemTime) -> Complete {
+        Complete { size, last_access, leases: 0, id: unique() }
+    }
 }
 
 #[derive(Default)]
@@ -107,6 +119,8 @@ pub struct BlobReader {
     file: File,
     size: u64,
     digest: Digest,
+    /// The [`Complete`] entry holding the lease.
+    entry: u64,
     store: Arc<Inner>,
 }
 
@@ -122,9 +136,7 @@ impl BlobReader {
 
 impl Drop for BlobReader {
     fn drop(&mut self) {
-        if let Some(c) = self.store.lock().complete.get_mut(&self.digest) {
-            c.leases = c.leases.saturating_sub(1);
-        }
+        self.store.release(&self.digest, self.entry);
     }
 }
 
@@ -148,15 +160,56 @@ impl Inner {
         self.root.join("partial").join(format!("{}.map", d.hex()))
     }
 
-    /// Writes `data` to `path` through a temp file, fsync and rename, then fsyncs the folder.
-    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
+    /// Gives back a lease taken on entry `id` of `d` (not on a later entry of the same digest).
+    fn release(&self, d: &Digest, id: u64) {
+        if let Some(c) = self.lock().complete.get_mut(d).filter(|c| c.id == id) {
+            c.leases = c.leases.saturating_sub(1);
+        }
+    }
+
+    /// Writes `data` to a fsynced temp file, to be renamed to `path` (named in errors).
+    fn write_temp(&self, path: &Path, data: &[u8]) -> Result<PathBuf, Error> {
         let tmp = self.root.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
         let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
-        let mut f = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
-        f.write_all(data).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        fs::rename(&tmp, path).map_err(|e| io("renaming into", e))?;
+        let written = File::create(&tmp).map_err(|e| io("creating temp file for", e)).and_then(|mut f| {
+            f.write_all(data).map_err(|e| io("writing", e))?;
+            f.sync_all().map_err(|e| io("syncing", e))
+        });
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `data` to `path` through a temp file, fsync and rename, then fsyncs the folder.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.write_temp(path, data)?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("renaming into {}", path.display()), e));
+        }
         sync_dir(path)
+    }
+
+    /// Takes `paths` out of the store's names: renames them into `tmp/` (wiped at open) and
+    /// returns where they went, for the caller to unlink once the lock is released (unlinking a
+    /// large file takes a while). Called with the state lock held (`_locked`), so the names
+    /// change together with the books: a file of a digest never disappears after a new blob or
+    /// partial of the same digest took its name.
+    fn set_aside(&self, _locked: &State, paths: Vec<PathBuf>, aside: &mut Vec<PathBuf>) {
+        for path in paths {
+            let to = self.root.join("tmp").join(format!("{}.{}.gone", std::process::id(), unique()));
+            match fs::rename(&path, &to) {
+                Ok(()) => aside.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
     }
 
     /// Moves a verified partial into `blobs/` and accounts it as complete.
@@ -164,28 +217,44 @@ impl Inner {
         let d = partial.digest();
         let dest = self.blob_path(&d);
         file.sync_all().map_err(|e| Error::io(format!("syncing {d}"), e))?;
-        fs::rename(self.data_path(&d), &dest).map_err(|e| Error::io(format!("committing {d}"), e))?;
-        sync_dir(&dest)?;
-        let _ = fs::remove_file(self.map_path(&d));
         let mut st = self.lock();
+        fs::rename(self.data_path(&d), &dest).map_err(|e| Error::io(format!("committing {d}"), e))?;
         st.partial.remove(&d);
         st.partial_access.remove(&d);
-        st.complete.insert(d, Complete { size: partial.size(), last_access: SystemTime::now(), leases: 0 });
+        match st.complete.entry(d) {
+            // `put` stored the same bytes meanwhile: keep its entry and leases, count them once.
+            std::collections::hash_map::Entry::Occupied(_) => st.used = st.used.saturating_sub(partial.size()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Complete::new(partial.size(), SystemTime::now()));
+            }
+        }
+        drop(st);
+        sync_dir(&dest)?;
+        // The piece map is only removed once the blob is durable in `blobs/`, and not if a new
+        // partial of the same digest began meanwhile (it has its own map).
+        let st = self.lock();
+        if !st.partial.contains_key(&d) {
+            let _ = fs::remove_file(self.map_path(&d));
+        }
         drop(st);
         tracing::debug!(digest = %d, size = partial.size(), "blob verified and complete");
         self.evict_if_needed();
         Ok(())
     }
 
-    fn drop_partial(&self, d: &Digest) {
+    /// Forgets `partial` and its files (not a newer partial of the same digest).
+    fn drop_partial(&self, partial: &Partial) {
+        let d = partial.digest();
+        let mut aside = Vec::new();
         let mut st = self.lock();
-        if let Some(p) = st.partial.remove(d) {
-            st.used = st.used.saturating_sub(p.size());
+        if st.partial.get(&d).is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), partial)) {
+            st.partial.remove(&d);
+            st.partial_access.remove(&d);
+            st.used = st.used.saturating_sub(partial.size());
+            self.set_aside(&st, vec![self.data_path(&d), self.map_path(&d)], &mut aside);
         }
-        st.partial_access.remove(d);
         drop(st);
-        let _ = fs::remove_file(self.data_path(d));
-        let _ = fs::remove_file(self.map_path(d));
+        aside.iter().for_each(|f| drop(fs::remove_file(f)));
     }
 
     /// Evicts least-recently-used unheld blobs from above the high to the low watermark.
@@ -210,6 +279,7 @@ impl Inner {
         victims.sort();
         let low = cap * self.config.low_watermark;
         let mut removed = Vec::new();
+        let mut aside = Vec::new();
         for (_, d, complete) in victims {
             if (st.used as f64) <= low {
                 break;
@@ -224,20 +294,17 @@ impl Inner {
             st.used = st.used.saturating_sub(size);
             st.evicted_blobs += 1;
             st.evicted_bytes += size;
-            removed.push((d, complete, size));
+            let files = if complete { vec![self.blob_path(&d)] } else { vec![self.data_path(&d), self.map_path(&d)] };
+            self.set_aside(&st, files, &mut aside);
+            removed.push((d, size));
         }
         if (st.used as f64) > low {
             tracing::warn!(used = st.used, capacity = self.config.capacity, "store above its low watermark: everything left is in use");
         }
         drop(st);
-        for (d, complete, size) in removed {
+        aside.iter().for_each(|f| drop(fs::remove_file(f)));
+        for (d, size) in removed {
             tracing::info!(digest = %d, size, "evicted");
-            if complete {
-                let _ = fs::remove_file(self.blob_path(&d));
-            } else {
-                let _ = fs::remove_file(self.data_path(&d));
-                let _ = fs::remove_file(self.map_path(&d));
-            }
         }
     }
 }
@@ -278,7 +345,7 @@ impl Store {
                 Ok(d) => {
                     st.used += meta.len();
                     let last_access = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    st.complete.insert(d, Complete { size: meta.len(), last_access, leases: 0 });
+                    st.complete.insert(d, Complete::new(meta.len(), last_access));
                 }
                 Err(_) => tracing::warn!(file = %name, "ignoring a foreign file in the blob folder"),
             }
@@ -345,13 +412,14 @@ impl Store {
 
     /// Opens a complete blob for reading, or `None` when it is not (or no longer) complete.
     pub fn open_blob(&self, d: &Digest) -> Result<Option<BlobReader>, Error> {
-        {
+        let entry = {
             let mut st = self.inner.lock();
             let Some(c) = st.complete.get_mut(d) else { return Ok(None) };
             c.leases += 1;
             c.last_access = SystemTime::now();
-        }
-        let reader = |file: File| BlobReader { file, size: 0, digest: *d, store: self.inner.clone() };
+            c.id
+        };
+        let reader = |file: File| BlobReader { file, size: 0, digest: *d, entry, store: self.inner.clone() };
         match File::open(self.inner.blob_path(d)) {
             Ok(file) => {
                 let mut r = reader(file);
@@ -359,17 +427,17 @@ impl Store {
                 Ok(Some(r))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Removed behind our back: forget it.
+                // Removed behind the store's back: forget it.
                 let mut st = self.inner.lock();
-                if let Some(c) = st.complete.remove(d) {
-                    st.used = st.used.saturating_sub(c.size);
+                if st.complete.get(d).is_some_and(|c| c.id == entry) {
+                    tracing::warn!(digest = %d, "a complete blob's file is gone; forgetting it");
+                    let size = st.complete.remove(d).map_or(0, |c| c.size);
+                    st.used = st.used.saturating_sub(size);
                 }
                 Ok(None)
             }
             Err(e) => {
-                if let Some(c) = self.inner.lock().complete.get_mut(d) {
-                    c.leases = c.leases.saturating_sub(1);
-                }
+                self.inner.release(d, entry);
                 Err(Error::io(format!("opening {d}"), e))
             }
         }
@@ -437,12 +505,24 @@ impl Store {
         if self.inner.lock().complete.contains_key(d) {
             return Ok(());
         }
-        self.inner.write_atomic(&self.inner.blob_path(d), data)?;
+        let dest = self.inner.blob_path(d);
+        let tmp = self.inner.write_temp(&dest, data)?;
         let mut st = self.inner.lock();
-        if st.complete.insert(*d, Complete { size: data.len() as u64, last_access: SystemTime::now(), leases: 0 }).is_none() {
-            st.used += data.len() as u64;
+        if st.complete.contains_key(d) {
+            drop(st);
+            let _ = fs::remove_file(&tmp);
+            return Ok(());
         }
+        // Under the lock: the folder and the books change together.
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            drop(st);
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("renaming into {}", dest.display()), e));
+        }
+        st.complete.insert(*d, Complete::new(data.len() as u64, SystemTime::now()));
+        st.used += data.len() as u64;
         drop(st);
+        sync_dir(&dest)?;
         self.inner.evict_if_needed();
         Ok(())
     }
@@ -560,5 +640,7 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, Error> {
         .collect())
 }
 
+#[cfg(test)]
+mod stress;
 #[cfg(test)]
 mod tests;

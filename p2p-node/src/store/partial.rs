@@ -357,7 +357,7 @@ impl Partial {
         let status = match &result {
             Ok(()) => Status::Complete,
             Err(e) => {
-                store.drop_partial(&self.digest);
+                store.drop_partial(self);
                 Status::Failed(e.to_string())
             }
         };
@@ -388,8 +388,10 @@ impl Partial {
 
     /// Fails the blob now (e.g. the origin sent the wrong size); waiters see the reason.
     pub fn fail(&self, why: String) {
+        // No bitmap write may land after the files are gone (a new partial may take the name).
+        let _no_persist = lock(&self.persist);
         if let Some(store) = self.store.upgrade() {
-            store.drop_partial(&self.digest);
+            store.drop_partial(self);
         }
         lock(&self.pieces).status = Status::Failed(why);
         self.changed.send_modify(|v| *v += 1);

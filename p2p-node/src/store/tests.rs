@@ -189,6 +189,34 @@ fn eviction_is_lru_and_spares_held_blobs() {
 }
 
 #[test]
+fn a_put_during_a_fill_keeps_its_leases_and_counts_the_bytes_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StoreConfig { capacity: 6 * PIECE_SIZE, high_watermark: 0.9, low_watermark: 0.5 };
+    let store = Store::open(dir.path(), cfg).expect("open");
+    let data = blob(2 * PIECE_SIZE as usize, 11);
+    let d = Digest::of(&data);
+    let p = store.begin(&d, data.len() as u64).expect("begin").expect("new");
+    claim_all(&p);
+    p.write_piece(0, &data[..PIECE_SIZE as usize], true).expect("write");
+    // The same blob arrives whole meanwhile (a manifest fetched by digest twice), and is read.
+    store.put(&d, &data).expect("put");
+    let held = store.open_blob(&d).expect("open").expect("complete");
+    p.write_piece(1, &data[PIECE_SIZE as usize..], true).expect("last piece");
+    assert!(p.is_complete());
+    assert_eq!(store.usage().used, data.len() as u64, "one blob, counted once");
+    // Fill the store past its high watermark: the held blob, oldest of all, stays.
+    for seed in 20..23 {
+        let other = blob(3 * PIECE_SIZE as usize / 2, seed);
+        store.put(&Digest::of(&other), &other).expect("put");
+    }
+    assert!(store.usage().evicted_blobs > 0, "the store evicted");
+    assert_eq!(store.state(&d), BlobState::Complete { size: data.len() as u64 }, "the lease taken after the put still holds");
+    let mut back = vec![0; data.len()];
+    held.read_at(&mut back, 0).expect("read");
+    assert_eq!(back, data);
+}
+
+#[test]
 fn empty_blob_and_small_puts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
