@@ -79,11 +79,12 @@ fn render_lazy(s: &Status) -> String {
     let Some(l) = &s.lazy else { return "lazy       off: no snapshotter socket\n".to_string() };
     let unpacked: Vec<String> = l.fallbacks.iter().filter(|(_, n)| **n > 0).map(|(why, n)| format!("{n} {why}")).collect();
     format!(
-        "lazy       {} layers mounted; {} fetched on demand, {} prefetched; {} reads failed (EIO)\n         \x20 unpacked instead of mounted: {}\n",
+        "lazy       {} layers mounted; {} fetched on demand, {} prefetched; {} reads failed (EIO)\n         \x20 {} in their chunk caches (local disk, outside the store)\n         \x20 unpacked instead of mounted: {}\n",
         l.mounted,
         bytes(l.fetched_bytes),
         bytes(l.prefetched_bytes),
         l.read_errors,
+        bytes(l.cache_bytes),
         if unpacked.is_empty() { "none".to_string() } else { unpacked.join(", ") }
     )
 }

@@ -100,6 +100,9 @@ pub struct LazyStats {
     /// Opens of a whole local file handed to the kernel (FUSE passthrough): none of their reads
     /// come through the snapshotter.
     pub passthrough_opens: AtomicU64,
+    /// Bytes the mounted lazy layers keep on local disk (verified chunks and whole files), beside
+    /// the store and outside its capacity.
+    pub cache_bytes: AtomicU64,
     fallbacks: [AtomicU64; Fallback::ALL.len()],
 }
 

@@ -47,6 +47,9 @@ pub struct LazyStatus {
     pub fetched_bytes: u64,
     pub prefetched_bytes: u64,
     pub read_errors: u64,
+    /// Bytes the mounted lazy layers keep on local disk, outside the store's capacity.
+    #[serde(default)]
+    pub cache_bytes: u64,
     /// Layers unpacked instead of mounted, by reason.
     pub fallbacks: std::collections::BTreeMap<String, u64>,
 }
@@ -59,6 +62,7 @@ impl LazyStatus {
             fetched_bytes: s.bytes_fetched.load(Relaxed),
             prefetched_bytes: s.prefetched_bytes.load(Relaxed),
             read_errors: s.read_errors.load(Relaxed),
+            cache_bytes: s.cache_bytes.load(Relaxed),
             fallbacks: p2p_node::layers::Fallback::ALL.iter().map(|f| (f.as_str().to_string(), s.fallbacks(*f))).collect(),
         }
     }

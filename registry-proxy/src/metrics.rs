@@ -302,6 +302,13 @@ impl Collector for LazyCollector {
             None,
             mounted.metric_type(),
         )?)?;
+        let cached = ConstGauge::new(i64::try_from(load(&s.cache_bytes)).unwrap_or(i64::MAX));
+        cached.encode(encoder.encode_descriptor(
+            "ferry_lazy_cache_bytes",
+            "Bytes the mounted lazy layers keep on local disk (verified chunks and whole files), outside the store's capacity",
+            None,
+            cached.metric_type(),
+        )?)?;
         for (name, help, value) in [
             ("ferry_lazy_fetched_bytes", "Compressed bytes fetched for reads of lazy layers (on demand)", load(&s.bytes_fetched)),
             ("ferry_lazy_fetched_chunks", "Chunks fetched for reads of lazy layers (on demand)", load(&s.chunks_fetched)),

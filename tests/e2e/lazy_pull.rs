@@ -98,12 +98,14 @@ async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
     // Reading the model through the container gives its bytes; the sum is the digest check.
     let sum = run(&containerd, reference, "lazy-2", &["/bin/busybox", "sha256sum", "/opt/model.bin"]);
     assert_eq!(sum.split_whitespace().next(), Some(crate::harness::sha256_hex(&model).as_str()));
+    let cached = ferry.metric("ferry_lazy_cache_bytes", &[]).await;
+    assert!(cached >= model.len() as f64, "the chunks read are kept on disk and counted: {cached} bytes");
 
     // Removing the image lets containerd's GC remove the snapshots, and the mount with them.
     containerd.remove_image(reference);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fuse_mounts() > before_mounts {
-        assert!(std::time::Instant::now() < deadline, "the FUSE mount outlived the image");
+    while fuse_mounts() > before_mounts || ferry.metric("ferry_lazy_cache_bytes", &[]).await > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the FUSE mount or its counted cache outlived the image");
         std::thread::sleep(Duration::from_millis(200));
     }
 }

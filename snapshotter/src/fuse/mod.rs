@@ -61,7 +61,7 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, Error> {
     let MountOptions { prefetch, stats, recorder } = opts;
-    let cache = cache::LayerCache::open(cache_dir).map_err(|e| Error::io("opening the layer cache", e))?;
+    let cache = cache::LayerCache::open(cache_dir, stats.clone()).map_err(|e| Error::io("opening the layer cache", e))?;
     let source = Arc::new(source::Source::new(layer, blob, cache, stats.clone()));
     let fs = fs::LayerFs::new(source.clone(), recorder);
     let stop = Arc::new(AtomicBool::new(false));
