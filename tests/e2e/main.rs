@@ -30,6 +30,7 @@ mod lazy_pull;
 mod malformed;
 mod mirror;
 mod offline;
+mod operations;
 mod p2p;
 mod p2p_site;
 mod prewarm;
