@@ -34,6 +34,9 @@ pub enum Command {
     Profile(ProfileArgs),
     /// GPU-aware prewarming: which nodes a rollout's pods will land on, ranked.
     Prewarm(PrewarmArgs),
+    /// Check this host's setup for the node: containerd's version and config, the hosts.toml
+    /// files, FUSE, ports, the running node, disk. Exits non-zero when a check FAILs.
+    Doctor(DoctorArgs),
 }
 
 /// Flags shared by commands that read the node's configuration; each overrides the file.
@@ -116,6 +119,25 @@ pub struct ContainerdConfigArgs {
     /// file that was there.
     #[arg(long, value_name = "DIR")]
     pub apply: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The node's configuration, as `ferry node` takes it: doctor checks what that node needs.
+    #[command(flatten)]
+    pub flags: NodeFlags,
+    /// containerd's configuration file (its `imports` are followed).
+    #[arg(long, default_value = "/etc/containerd/config.toml", value_name = "PATH")]
+    pub containerd_config: PathBuf,
+    /// containerd's socket [default: the config's [grpc] address, else /run/containerd/containerd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// The folder of hosts.toml files (`<dir>/<registry>/hosts.toml`) containerd should read.
+    #[arg(long, default_value = "/etc/containerd/certs.d", value_name = "DIR")]
+    pub certs_dir: PathBuf,
+    /// `text` (a list with fixes) or `json` (the checks, for scripts).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod containerd_config;
 mod convert;
+mod doctor;
 mod node;
 mod prewarm;
 mod profile;
@@ -39,6 +40,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Pull(a) => pull::run(a).await,
             cli::Command::Profile(a) => profile::run(a).await,
             cli::Command::Prewarm(a) => prewarm::run(a).await,
+            cli::Command::Doctor(a) => doctor::run(a).await,
         }
     });
     match result {

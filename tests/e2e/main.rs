@@ -13,6 +13,8 @@
 //! Needs root and Debian's containerd, runc, docker-registry, skopeo, umoci, busybox-static,
 //! apache2-utils, openssl, zstd, attr and debootstrap; a missing one fails the test naming the
 //! package to install.
+//! `doctor` runs `ferry doctor` against a CRI-enabled sandboxed containerd and a running node,
+//! then against broken variants of containerd's config and certs.d.
 
 mod harness;
 
@@ -24,6 +26,7 @@ mod convert;
 mod corruption;
 mod crash;
 mod disk_full;
+mod doctor;
 mod harness_checks;
 mod lazy_fs;
 mod lazy_pull;

@@ -1,5 +1,5 @@
 //! containerd 1.6 in a sandbox: its own root, state, sockets and `opt` path inside a temp dir,
-//! CRI and exotic snapshotters disabled, runc as the runtime. Its garbage collector runs after
+//! CRI (unless started with `start_with_cri`) and exotic snapshotters disabled, runc as the runtime. Its garbage collector runs after
 //! every deletion (by default it paces itself to 2% of the time, so on a loaded machine a removed
 //! snapshot could stay for tens of seconds). Helpers run `ctr` against it
 //! (pull through a `--hosts-dir` mirror config, run a container, remove images with a
@@ -21,28 +21,37 @@ pub struct Containerd {
     child: Option<Child>,
     /// gRPC socket, for `ctr --address`.
     pub socket: PathBuf,
-    /// The certs.d folder passed as `--hosts-dir`.
+    /// The certs.d folder passed as `--hosts-dir` (and CRI's `config_path` with CRI on).
     pub hosts_dir: PathBuf,
+    /// The config.toml containerd was started with.
+    pub config_path: PathBuf,
 }
 
-const DISABLED_PLUGINS: &str = r#"["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+const DISABLED_PLUGINS: &str = r#""io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]"#;
+  "io.containerd.internal.v1.tracing""#;
 
 impl Containerd {
     /// Starts containerd and waits (20 s) until `ctr version` reaches it.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, false).await
     }
 
     /// Starts containerd with ferry's snapshotter at `snapshotter_socket` as the proxy plugin
     /// `ferry` (`--snapshotter ferry`).
     pub async fn start_with_snapshotter(snapshotter_socket: &Path) -> Self {
-        Self::start_with(Some(snapshotter_socket)).await
+        Self::start_with(Some(snapshotter_socket), false).await
     }
 
-    async fn start_with(snapshotter_socket: Option<&Path>) -> Self {
+    /// Starts containerd set up as a Kubernetes node's would be for Ferry: CRI on (its state,
+    /// CNI folders and stream server inside the sandbox), reading `certs.d` (`config_path`),
+    /// unpacking with the proxy plugin `ferry` at `snapshotter_socket`, snapshot labels on.
+    pub async fn start_with_cri(snapshotter_socket: &Path) -> Self {
+        Self::start_with(Some(snapshotter_socket), true).await
+    }
+
+    async fn start_with(snapshotter_socket: Option<&Path>, cri: bool) -> Self {
         for (bin, package) in [("containerd", "containerd"), ("ctr", "containerd"), ("runc", "runc")] {
             require_binary(bin, package);
         }
@@ -51,8 +60,9 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let hosts_dir = d.join("certs.d");
         std::fs::create_dir_all(&hosts_dir).expect("create certs.d");
+        let disabled = if cri { DISABLED_PLUGINS.to_string() } else { format!("\"io.containerd.grpc.v1.cri\", {DISABLED_PLUGINS}") };
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = {DISABLED_PLUGINS}\n\
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [{disabled}]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [debug]\n  address = \"{debug}\"\n[metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n\
@@ -67,6 +77,18 @@ impl Containerd {
             Some(sock) => format!("{config}[proxy_plugins.ferry]\n  type = \"snapshot\"\n  address = \"{}\"\n", sock.display()),
             None => config,
         };
+        let config = if cri {
+            format!(
+                "{config}[plugins.\"io.containerd.grpc.v1.cri\"]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  conf_dir = \"{cni}/net.d\"\n  bin_dir = \"{cni}/bin\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"ferry\"\n  disable_snapshot_annotations = false\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{hosts}\"\n",
+                cni = d.join("cni").display(),
+                hosts = hosts_dir.display(),
+            )
+        } else {
+            config
+        };
         let config_path = d.join("config.toml");
         std::fs::write(&config_path, config).expect("write containerd config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("create containerd log");
@@ -78,7 +100,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("spawn containerd");
-        let containerd = Containerd { dir, child: Some(child), socket, hosts_dir };
+        let containerd = Containerd { dir, child: Some(child), socket, hosts_dir, config_path };
         wait_for("sandboxed containerd to answer `ctr version`", Duration::from_secs(20), || {
             let ok = containerd.ctr(&["version"], Duration::from_secs(10)).success;
             async move { ok.then_some(()) }

@@ -77,6 +77,32 @@ impl FerryNode {
         self.dir.path().join("admin.sock")
     }
 
+    /// The flags this run of `ferry node` got (store, addresses, sockets, upstreams, extra
+    /// arguments): other commands given them read the same configuration as the node.
+    pub fn node_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--store".to_string(),
+            self.store().display().to_string(),
+            "--registry-listen".into(),
+            self.registry_addr.clone(),
+            "--metrics-listen".into(),
+            self.metrics_addr.clone(),
+            "--admin-socket".into(),
+            self.admin_socket().display().to_string(),
+        ];
+        for (host, url) in &self.options.upstreams {
+            flags.extend(["--upstream".to_string(), format!("{host}={url}")]);
+        }
+        for ca in &self.options.upstream_cas {
+            flags.extend(["--upstream-ca".to_string(), ca.display().to_string()]);
+        }
+        if let Some(config) = &self.options.docker_config {
+            flags.extend(["--docker-config".to_string(), config.display().to_string()]);
+        }
+        flags.extend(self.options.extra_args.iter().cloned());
+        flags
+    }
+
     /// `http://127.0.0.1:PORT` of the mirror.
     pub fn url(&self) -> String {
         format!("http://{}", self.registry_addr)
@@ -92,22 +118,7 @@ impl FerryNode {
         self.metrics_addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(self.log_path(self.runs)).expect("create ferry log");
         let mut cmd = Command::new(FERRY_BIN);
-        cmd.arg("node")
-            .arg("--store")
-            .arg(self.store())
-            .args(["--registry-listen", &self.registry_addr, "--metrics-listen", &self.metrics_addr])
-            .arg("--admin-socket")
-            .arg(self.dir.path().join("admin.sock"));
-        for (host, url) in &self.options.upstreams {
-            cmd.arg("--upstream").arg(format!("{host}={url}"));
-        }
-        for ca in &self.options.upstream_cas {
-            cmd.arg("--upstream-ca").arg(ca);
-        }
-        if let Some(config) = &self.options.docker_config {
-            cmd.arg("--docker-config").arg(config);
-        }
-        cmd.args(&self.options.extra_args);
+        cmd.arg("node").args(self.node_flags());
         cmd.env("RUST_LOG", std::env::var("FERRY_E2E_LOG").unwrap_or_else(|_| "info".to_string()))
             .env("NO_PROXY", "*")
             .env_remove("HTTP_PROXY")
