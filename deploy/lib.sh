@@ -51,7 +51,7 @@ free_port() {
 }
 
 # release_ferry: sets FERRY to the ferry binary to use: $FERRY when the caller gave one, else
-# target/release/ferry, built now. Needs REPO_ROOT.
+# target/release/ferry (under $CARGO_TARGET_DIR when set), built now. Needs REPO_ROOT.
 release_ferry() {
     if [[ -n ${FERRY:-} ]]; then
         [[ -x $FERRY ]] || { echo "FERRY=$FERRY is not executable" >&2; return 1; }
@@ -60,7 +60,9 @@ release_ferry() {
     ensure_cargo || return 1
     echo "building ferry (cargo build --release --bin ferry)" >&2
     (cd "$REPO_ROOT" && cargo build --release --bin ferry) >&2 || return 1
-    FERRY=$REPO_ROOT/target/release/ferry
+    local target=${CARGO_TARGET_DIR:-target}
+    [[ $target == /* ]] || target=$REPO_ROOT/$target
+    FERRY=$target/release/ferry
 }
 
 # stop_pids PID...: SIGTERM to all, then up to 5 s each to exit before SIGKILL. Never fails.
