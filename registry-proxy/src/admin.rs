@@ -153,7 +153,6 @@ impl AdminState {
     }
 
     pub async fn handle_admin(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
-        let json = |value: &dyn erased::Json| reply(StatusCode::OK, "application/json", value.to_json());
         let route = (req.method().clone(), req.uri().path().to_string());
         match (route.0, route.1.as_str()) {
             (http::Method::GET, "/status") => json(&self.status().await),
@@ -199,16 +198,9 @@ impl AdminState {
     }
 }
 
-mod erased {
-    /// Any serializable value, to hand to one reply function.
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).unwrap_or_default()
-        }
-    }
+/// `value` as a JSON reply.
+fn json(value: &impl serde::Serialize) -> Response<Body> {
+    reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
 }
 
 /// The request's JSON body (at most [`MAX_ADMIN_BODY`]), or the error reply.

@@ -184,7 +184,8 @@ impl Manifests {
     }
 }
 
-fn now() -> u64 {
+/// Unix seconds.
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

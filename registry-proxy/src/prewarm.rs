@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use p2p_node::prewarm::order::{OperatorKey, Order, OrderProgress, OrderState, Refusal, SignedOrder};
 use p2p_node::prewarm::warm::{Warm, WarmProgress};
@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::fetcher::lock;
+use crate::manifests::now as unix_now;
 use crate::metrics::Metrics;
 
 /// Orders remembered for `status`, finished ones dropped oldest first beyond this.
@@ -103,14 +105,6 @@ pub struct Orders {
     one_at_a_time: Arc<Semaphore>,
     tasks: TaskTracker,
     cancel: CancellationToken,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Orders {
@@ -214,7 +208,7 @@ impl Orders {
         let this = self.clone();
         self.tasks.spawn(async move {
             let Ok(_turn) = this.one_at_a_time.clone().acquire_owned().await else { return };
-            this.set_state(&order.id, OrderState::Priority);
+            this.set_state(&order.id, OrderState::Priority, None);
             let rate = match (order.rate, this.settings.rate) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -229,27 +223,22 @@ impl Orders {
                 Ok(()) => {
                     tracing::info!(id = %order.id, image = %order.image, bytes = progress.done_bytes.load(Relaxed), secs, "prewarm order done");
                     this.metrics.prewarm_order("done");
-                    this.finish(&order.id, OrderState::Done, secs);
+                    this.set_state(&order.id, OrderState::Done, Some(secs));
                 }
                 Err(why) => {
                     tracing::warn!(id = %order.id, image = %order.image, %why, "prewarm order failed");
                     this.metrics.prewarm_order("failed");
-                    this.finish(&order.id, OrderState::Failed(why), secs);
+                    this.set_state(&order.id, OrderState::Failed(why), Some(secs));
                 }
             }
         });
     }
 
-    fn set_state(&self, id: &str, state: OrderState) {
+    /// Sets an order's state, and its duration once it has ended.
+    fn set_state(&self, id: &str, state: OrderState, seconds: Option<f64>) {
         if let Some(e) = lock(&self.book).get_mut(id) {
             e.state = state;
-        }
-    }
-
-    fn finish(&self, id: &str, state: OrderState, secs: f64) {
-        if let Some(e) = lock(&self.book).get_mut(id) {
-            e.state = state;
-            e.seconds = Some(secs);
+            e.seconds = seconds.or(e.seconds);
         }
     }
 

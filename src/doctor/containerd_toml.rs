@@ -243,18 +243,7 @@ mod tests {
 
     #[test]
     fn version_2_keeps_cri_settings_in_cris_own_table() {
-        let c = parse(
-            r#"version = 2
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "ferry"
-  disable_snapshot_annotations = false
-[plugins."io.containerd.grpc.v1.cri".registry]
-  config_path = "/etc/containerd/certs.d"
-[proxy_plugins.ferry]
-  type = "snapshot"
-  address = "/run/ferry/snapshotter.sock"
-"#,
-        );
+        let c = parse(crate::doctor::cri::tests::GOOD_V2);
         let cri = c.cri();
         assert_eq!(cri.snapshotter.as_deref(), Some("ferry"));
         assert_eq!(cri.disable_snapshot_annotations, Some(false));

@@ -203,12 +203,12 @@ fn discard_unpacked_layers(cri: &Cri) -> Check {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::doctor::tests::ferry;
     use crate::doctor::Status;
 
-    const GOOD_V2: &str = r#"version = 2
+    pub(crate) const GOOD_V2: &str = r#"version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "ferry"
   disable_snapshot_annotations = false
