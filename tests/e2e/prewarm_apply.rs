@@ -180,13 +180,8 @@ async fn apply_warms_three_nodes_wave_by_wave_and_later_pulls_take_no_origin_byt
         "the site fetched {total_origin} origin bytes for a {image_bytes}-byte image: {origin:?}"
     );
     // The seed's fetch is shared by the site's members (each fetches the segments it owns from
-    // the origin): one WAN copy in all; the wave-1 nodes then take the rest from peers.
-    for (i, n) in nodes.iter().enumerate() {
-        if format!("edge-{i}") != seed {
-            let from_peers = n.metric("ferry_peer_bytes_total", &[("direction", "in")]).await;
-            assert!(from_peers > 0.3 * image_bytes as f64, "edge-{i} (wave 1) got only {from_peers} bytes from peers");
-        }
-    }
+    // the origin), so how much a wave-1 node then takes from peers depends on which segments it
+    // owns (by rendezvous hashing): only the site's total is fixed, one WAN copy (above).
     // The startup chunks came first: the seed's status shows them.
     let listed =
         run_ok(Command::new(FERRY_BIN).args(["prewarm", "status", "--output", "json", "--admin-socket"]).arg(nodes[0].admin_socket()), T);
