@@ -12,14 +12,17 @@
 #      upstreams); a /etc/ferry/ferry.toml that is already there is kept as it is
 #   3. deploy/systemd/ferry.service to /etc/systemd/system/ferry.service
 #   4. containerd's hosts.toml for every upstream of the config, with
-#      `ferry containerd-config --apply /etc/containerd/certs.d`; a different hosts.toml that was
-#      there is kept beside it as hosts.toml.bak-<time>
+#      `ferry containerd-config --apply /etc/containerd/certs.d`; an operator's hosts.toml that
+#      was there is kept beside it as hosts.toml.ferry-orig (the node, with
+#      `registry.containerd_hosts` set as in deploy/ferry.toml, also writes them at each start
+#      and takes them out at each stop)
 #   5. systemctl daemon-reload, enable and (re)start ferry
 # What it installed is listed in /etc/ferry/install.manifest, which --uninstall reads.
 #
-# Uninstall: stops and disables the unit, removes the unit and the binary, removes the config if
-# it is the one installed and unchanged, and puts back every hosts.toml that was replaced (or
-# removes the ones that were not there before). The store, /var/lib/ferry, is kept: remove it
+# Uninstall: stops and disables the unit, takes Ferry's hosts.toml files out of containerd's
+# certs.d (`ferry containerd-config --restore`: the files they replaced are put back, byte for
+# byte), removes the unit and the binary, and removes the config if it is the one installed and
+# unchanged. The store, /var/lib/ferry, is kept: remove it
 # yourself once no container runs on a snapshot in it.
 #
 # --root DIR installs into (or removes from) DIR instead of /, for tests and image builds; it
@@ -125,65 +128,30 @@ install_node() {
     say "installed; remove with: deploy/install.sh --uninstall${ROOT:+ --root $ROOT}"
 }
 
-# Writes the hosts.toml files and records, for each, what to do on uninstall: the backup to put
-# back, "-" (it was not there: remove it) or "kept" (an identical file was there: leave it).
+# Writes the hosts.toml files; `--restore` on uninstall finds them by their first line.
 apply_hosts() {
-    local certs=$ROOT$CERTS_DIR line path rel dir b
-    local -A before=()
+    local certs=$ROOT$CERTS_DIR line out
     mkdir -p "$certs"
-    while IFS= read -r -d '' b; do before[$b]=1; done < <(find "$certs" -name 'hosts.toml*' -print0)
-    local out
     out=$("$ROOT$BIN_PATH" containerd-config --config "$ROOT$CONFIG_PATH" --apply "$certs") || die "ferry containerd-config --apply $certs failed"
     while IFS= read -r line; do
-        [[ $line == "wrote "* ]] || continue
-        path=${line#wrote }
-        rel=${path#"$ROOT"}
-        dir=$(dirname "$path")
-        say "hosts    $path"
-        local backups=()
-        for b in "$dir"/hosts.toml.bak-*; do
-            if [[ -e $b && -z ${before[$b]:-} ]]; then backups+=("$b"); fi
-        done
-        if manifest_has hosts "$rel"; then
-            # Installed before: a backup made now is of ferry's own earlier file.
-            if ((${#backups[@]})); then rm -f "${backups[@]}"; fi
-        elif ((${#backups[@]})); then
-            say "         the previous one is kept as ${backups[0]} (put back by --uninstall)"
-            record hosts "$rel" "${backups[0]#"$ROOT"}"
-        elif [[ -n ${before[$path]:-} ]]; then
-            record hosts "$rel" kept
-        else
-            record hosts "$rel" -
-        fi
+        case $line in
+            wrote* | unchanged*) say "hosts    $line" ;;
+            *) say "         $line" ;; # the [proxy_plugins.ferry] lines for containerd's config.toml
+        esac
     done <<<"$out"
-    # The rest of the output: the [proxy_plugins.ferry] lines for containerd's config.toml.
-    grep -v '^wrote ' <<<"$out" | sed 's/^/         /' || true
 }
 
 uninstall_node() {
     [[ -f $ROOT$MANIFEST ]] || die "$ROOT$MANIFEST not found: nothing installed by install.sh here"
     run_systemctl disable --now ferry || true
+    if [[ -x $ROOT$BIN_PATH ]]; then
+        local line
+        while IFS= read -r line; do say "hosts    $line"; done < <("$ROOT$BIN_PATH" containerd-config --restore "$ROOT$CERTS_DIR" ||
+            say "warning  ferry containerd-config --restore $ROOT$CERTS_DIR failed: check its hosts.toml files" >&2)
+    fi
     local kind path extra
     while read -r kind path extra; do
         case $kind in
-            hosts)
-                case $extra in
-                    kept) say "kept     $ROOT$path (it was there before)" ;;
-                    -)
-                        say "removed  $ROOT$path"
-                        rm -f "$ROOT$path"
-                        rmdir "$(dirname "$ROOT$path")" 2>/dev/null || true
-                        ;;
-                    *)
-                        if [[ -f $ROOT$extra ]]; then
-                            say "restored $ROOT$path from $ROOT$extra"
-                            mv -f "$ROOT$extra" "$ROOT$path"
-                        else
-                            say "warning  the backup $ROOT$extra is gone: $ROOT$path left as it is" >&2
-                        fi
-                        ;;
-                esac
-                ;;
             config)
                 if [[ -f $ROOT$path && $(sha256 "$ROOT$path") == "$extra" ]]; then
                     say "removed  $ROOT$path"

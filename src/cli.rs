@@ -69,6 +69,10 @@ pub struct NodeFlags {
     /// The node's admin socket [default: /run/ferry/admin.sock].
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// containerd's certs.d folder: the node writes its hosts.toml files there at start and takes
+    /// them out at a clean stop.
+    #[arg(long, value_name = "DIR")]
+    pub containerd_hosts: Option<PathBuf>,
     /// Serve containerd's Snapshots API here (`[proxy_plugins.ferry]`); off without it.
     #[arg(long, value_name = "PATH")]
     pub snapshotter_socket: Option<PathBuf>,
@@ -115,10 +119,13 @@ pub struct StatusArgs {
 pub struct ContainerdConfigArgs {
     #[command(flatten)]
     pub flags: NodeFlags,
-    /// Write DIR/<registry>/hosts.toml (containerd's certs.d folder), keeping a backup of any
-    /// file that was there.
-    #[arg(long, value_name = "DIR")]
+    /// Write DIR/<registry>/hosts.toml (containerd's certs.d folder), keeping an operator's file
+    /// that was there as hosts.toml.ferry-orig.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
     pub apply: Option<PathBuf>,
+    /// Take Ferry's hosts.toml files out of DIR, putting back the ones they replaced.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

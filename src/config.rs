@@ -134,6 +134,9 @@ pub struct RegistrySection {
     pub stale_if_error: Duration,
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
+    /// containerd's certs.d folder: while the node runs, its hosts.toml files there point
+    /// containerd at the mirror for every upstream (see `ferry containerd-config`).
+    pub containerd_hosts: Option<PathBuf>,
 }
 
 impl Default for RegistrySection {
@@ -150,6 +153,7 @@ impl Default for RegistrySection {
             manifest_timeout: d.manifest_timeout,
             stale_if_error: d.stale_if_error,
             piece_timeout: d.piece_timeout,
+            containerd_hosts: None,
         }
     }
 }
@@ -213,6 +217,8 @@ pub struct NodeSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub admin_socket: PathBuf,
     pub p2p: Option<P2pSettings>,
+    /// containerd's certs.d folder, whose hosts.toml files the node keeps while it runs.
+    pub containerd_hosts: Option<PathBuf>,
     /// The Snapshots API socket, when the snapshotter is on.
     pub snapshotter_socket: Option<PathBuf>,
     /// Background prefetch of lazy layers, bytes per second (0: no cap); `None`: off.
@@ -257,6 +263,9 @@ pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
     }
     if let Some(s) = &flags.admin_socket {
         file.admin.socket = s.clone();
+    }
+    if let Some(d) = &flags.containerd_hosts {
+        file.registry.containerd_hosts = Some(d.clone());
     }
     if let Some(s) = &flags.snapshotter_socket {
         file.snapshotter.socket = Some(s.clone());
@@ -338,6 +347,7 @@ impl FileConfig {
             },
             metrics_listen: self.metrics.enabled.then_some(self.metrics.listen),
             admin_socket: self.admin.socket.clone(),
+            containerd_hosts: r.containerd_hosts.clone(),
             snapshotter_socket: self.snapshotter.socket.clone(),
             prefetch_rate: match self.snapshotter.prefetch_rate.trim() {
                 "off" => None,

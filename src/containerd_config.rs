@@ -1,29 +1,46 @@
 //! `ferry containerd-config`: the hosts.toml that points containerd at this node for each
-//! allow-listed registry (`--apply DIR` writes them into containerd's certs.d folder), and the
-//! `proxy_plugins` snippet for ferry's snapshotter when one is configured (printed, never written:
-//! containerd's own config.toml stays the operator's).
+//! allow-listed registry, and the `proxy_plugins` snippet for ferry's snapshotter when one is
+//! configured (printed, never written: containerd's own config.toml stays the operator's).
+//!
+//! `--apply DIR` writes the hosts.toml files into containerd's certs.d folder; `--restore DIR`
+//! takes them out again. Both are idempotent, and lose nothing:
+//! - the files Ferry writes start with [`MARK`], so they can be told from the operator's;
+//! - an operator's file that `--apply` replaces is kept beside it as [`ORIGINAL`] (once: a
+//!   second apply replaces only Ferry's own file) and put back, byte for byte, by `--restore`;
+//! - `--restore` removes a Ferry file that replaced nothing, and leaves every other file alone.
+//!
+//! `ferry node` with `registry.containerd_hosts` does the same around its life: apply once the
+//! mirror listens, restore at a clean stop (SIGTERM, SIGINT). While no node runs, containerd
+//! pulls from the registries themselves; a node killed without a stop leaves its files, which
+//! still work, since each keeps the registry as fallback.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cli::ContainerdConfigArgs;
-use crate::config;
+use crate::config::{self, FileConfig};
+
+/// The first line of every hosts.toml Ferry writes.
+pub const MARK: &str = "# Written by `ferry containerd-config`";
+/// The operator's hosts.toml, kept while Ferry's replaces it.
+pub const ORIGINAL: &str = "hosts.toml.ferry-orig";
 
 pub fn run(args: ContainerdConfigArgs) -> Result<()> {
-    let file = config::load(&args.flags)?;
-    let upstreams = file.upstream_settings()?;
-    if upstreams.is_empty() {
-        anyhow::bail!("no upstream registry configured: add --upstream HOST[=URL] or a config file");
+    if let Some(dir) = &args.restore {
+        for (path, done) in restore(dir, None)? {
+            println!("{done} {}", path.display());
+        }
+        return Ok(());
     }
-    let mirror = format!("http://{}", file.registry.listen);
-    for u in &upstreams {
-        let text = hosts_toml(&u.host, u.url.as_str(), &mirror);
+    let file = config::load(&args.flags)?;
+    let files = hosts_files(&file)?;
+    for (host, text) in &files {
         match &args.apply {
-            None => println!("# {}/hosts.toml\n{text}", u.host),
+            None => println!("# {host}/hosts.toml\n{text}"),
             Some(dir) => {
-                let path = apply(dir, &u.host, &text)?;
-                println!("wrote {}", path.display());
+                let (path, done) = apply(dir, host, text)?;
+                println!("{done} {}", path.display());
             }
         }
     }
@@ -35,6 +52,16 @@ pub fn run(args: ContainerdConfigArgs) -> Result<()> {
         print!("{}", proxy_plugin_toml(socket));
     }
     Ok(())
+}
+
+/// `(registry host, hosts.toml text)` for every upstream of the config.
+pub fn hosts_files(file: &FileConfig) -> Result<Vec<(String, String)>> {
+    let upstreams = file.upstream_settings()?;
+    if upstreams.is_empty() {
+        bail!("no upstream registry configured: add --upstream HOST[=URL] or a config file");
+    }
+    let mirror = format!("http://{}", file.registry.listen);
+    Ok(upstreams.iter().map(|u| (u.host.clone(), hosts_toml(&u.host, u.url.as_str(), &mirror))).collect())
 }
 
 /// The part of containerd's config.toml that loads ferry's snapshotter as `--snapshotter ferry`.
@@ -51,7 +78,8 @@ pub fn proxy_plugin_toml(socket: &Path) -> String {
 /// The hosts.toml for one registry: the mirror first, the registry itself as fallback.
 pub fn hosts_toml(host: &str, upstream_url: &str, mirror: &str) -> String {
     format!(
-        "# Written by `ferry containerd-config`: pull {host} through the local ferry node.\n\
+        "{MARK}: pull {host} through the local ferry node.\n\
+         # `ferry containerd-config --restore` removes it (putting back what it replaced).\n\
          server = \"{}\"\n\
          \n\
          [host.\"{mirror}\"]\n\
@@ -60,51 +88,123 @@ pub fn hosts_toml(host: &str, upstream_url: &str, mirror: &str) -> String {
     )
 }
 
-/// Writes DIR/<host>/hosts.toml, keeping an existing different file as `hosts.toml.bak-<unix time>`.
-fn apply(dir: &Path, host: &str, text: &str) -> Result<std::path::PathBuf> {
+/// What [`apply`] did to one registry's hosts.toml.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// There was none, or an earlier one of Ferry's.
+    Wrote,
+    /// The operator's file was moved to [`ORIGINAL`].
+    Replaced,
+    /// It already said this.
+    Unchanged,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Applied::Wrote => "wrote",
+            Applied::Replaced => "wrote (the previous file is kept as hosts.toml.ferry-orig)",
+            Applied::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// What [`restore`] did to one registry's folder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// [`ORIGINAL`] is hosts.toml again.
+    PutBack,
+    /// Ferry's file replaced nothing: removed.
+    Removed,
+    /// Someone replaced Ferry's file after it kept [`ORIGINAL`]: both are left as they are.
+    Conflict,
+}
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Restored::PutBack => "put back",
+            Restored::Removed => "removed",
+            Restored::Conflict => "left (not Ferry's; the file it replaced is still beside it as hosts.toml.ferry-orig)",
+        })
+    }
+}
+
+fn is_ferrys(bytes: &[u8]) -> bool {
+    bytes.starts_with(MARK.as_bytes())
+}
+
+/// Writes DIR/<host>/hosts.toml, keeping an operator's file that was there as [`ORIGINAL`].
+pub fn apply(dir: &Path, host: &str, text: &str) -> Result<(PathBuf, Applied)> {
     let folder = dir.join(host);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    let path = folder.join("hosts.toml");
-    match std::fs::read_to_string(&path) {
-        Ok(old) if old == text => return Ok(path),
+    let (path, original) = (folder.join("hosts.toml"), folder.join(ORIGINAL));
+    let done = match std::fs::read(&path) {
+        Ok(old) if old == text.as_bytes() => return Ok((path, Applied::Unchanged)),
+        Ok(old) if is_ferrys(&old) => Applied::Wrote,
+        Ok(_) if original.exists() => bail!(
+            "{} is not Ferry's, and {} already holds the file Ferry replaced earlier: keep one of them \
+             (as hosts.toml, removing the other), then apply again",
+            path.display(),
+            original.display()
+        ),
         Ok(_) => {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let backup = folder.join(format!("hosts.toml.bak-{secs}"));
-            std::fs::rename(&path, &backup).with_context(|| format!("backing up {} to {}", path.display(), backup.display()))?;
-            eprintln!("kept the previous {} as {}", path.display(), backup.display());
+            std::fs::rename(&path, &original).with_context(|| format!("keeping {} as {}", path.display(), original.display()))?;
+            Applied::Replaced
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::Wrote,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    };
     let tmp = folder.join(".hosts.toml.tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    Ok((path, done))
+}
+
+/// Takes Ferry's hosts.toml files out of DIR: of every registry, or of `only` these.
+pub fn restore(dir: &Path, only: Option<&[String]>) -> Result<Vec<(PathBuf, Restored)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut folders: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    folders.sort();
+    let mut done = Vec::new();
+    for folder in folders {
+        let host = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if only.is_some_and(|hosts| !hosts.contains(&host)) {
+            continue;
+        }
+        if let Some(what) = restore_one(&folder)? {
+            done.push((folder.join("hosts.toml"), what));
+        }
+    }
+    Ok(done)
+}
+
+fn restore_one(folder: &Path) -> Result<Option<Restored>> {
+    let (path, original) = (folder.join("hosts.toml"), folder.join(ORIGINAL));
+    let ours = match std::fs::read(&path) {
+        Ok(bytes) => is_ferrys(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if original.exists() {
+        if !ours && path.exists() {
+            return Ok(Some(Restored::Conflict));
+        }
+        std::fs::rename(&original, &path).with_context(|| format!("putting {} back as {}", original.display(), path.display()))?;
+        return Ok(Some(Restored::PutBack));
+    }
+    if !ours {
+        return Ok(None);
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    // The folder goes too when Ferry's file was all it held.
+    let _ = std::fs::remove_dir(folder);
+    Ok(Some(Restored::Removed))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn apply_keeps_a_backup_of_a_different_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = hosts_toml("reg.local", "http://127.0.0.1:5000/", "http://127.0.0.1:5050");
-        assert!(text.contains("server = \"http://127.0.0.1:5000\""));
-        assert!(text.contains("[host.\"http://127.0.0.1:5050\"]"));
-        let folder = dir.path().join("reg.local");
-        std::fs::create_dir_all(&folder).expect("mkdir");
-        std::fs::write(folder.join("hosts.toml"), "server = \"https://old\"\n").expect("old file");
-        apply(dir.path(), "reg.local", &text).expect("apply");
-        assert_eq!(std::fs::read_to_string(folder.join("hosts.toml")).expect("read"), text);
-        let backups: Vec<_> = std::fs::read_dir(&folder)
-            .expect("ls")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("hosts.toml.bak-"))
-            .collect();
-        assert_eq!(backups.len(), 1);
-        assert_eq!(std::fs::read_to_string(backups[0].path()).expect("read"), "server = \"https://old\"\n");
-        apply(dir.path(), "reg.local", &text).expect("again");
-        assert_eq!(std::fs::read_dir(&folder).expect("ls").count(), 2, "an identical file is left alone, no new backup");
-    }
-}
+mod tests;

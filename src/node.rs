@@ -50,6 +50,11 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         warm: std::sync::Arc::new(snapshotter::warm::Warmer { mirror: mirror_addr, store: store.clone() }),
     });
     let listeners = registry_proxy::Listeners { registry, metrics, admin: Some(admin) };
+    // The mirror listens (connections wait in the backlog until it serves): point containerd at it.
+    let hosts = match &s.containerd_hosts {
+        Some(dir) => Some((dir.clone(), point_containerd(&file, dir)?)),
+        None => None,
+    };
     let snapshotter = match &s.snapshotter_socket {
         Some(socket) => {
             let source = snapshotter::service::remote::Source {
@@ -67,6 +72,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     };
     let result = registry_proxy::run(s.mirror, store, listeners, swarm, cancel.clone()).await;
     cancel.cancel();
+    if let Some((dir, registries)) = hosts {
+        unpoint_containerd(&dir, &registries);
+    }
     if let Some(task) = snapshotter {
         task.await?.context("running the snapshotter")?;
     }
@@ -74,6 +82,26 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     result.context("running the node")?;
     tracing::info!("ferry node stopped");
     Ok(())
+}
+
+/// Writes the hosts.toml of every upstream into `dir`; returns the registries written.
+fn point_containerd(file: &config::FileConfig, dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut registries = Vec::new();
+    for (host, text) in crate::containerd_config::hosts_files(file)? {
+        let (path, done) = crate::containerd_config::apply(dir, &host, &text).context("pointing containerd at the mirror")?;
+        tracing::info!(path = %path.display(), "{done}");
+        registries.push(host);
+    }
+    Ok(registries)
+}
+
+/// Takes the node's hosts.toml files out of `dir` again: containerd pulls from the registries
+/// themselves while no node runs.
+fn unpoint_containerd(dir: &std::path::Path, registries: &[String]) {
+    match crate::containerd_config::restore(dir, Some(registries)) {
+        Ok(done) => done.iter().for_each(|(path, what)| tracing::info!(path = %path.display(), "hosts.toml {what}")),
+        Err(e) => tracing::error!("taking the hosts.toml files out of {}: {e:#}", dir.display()),
+    }
 }
 
 /// Binds the admin socket, replacing a stale one left by a killed node, refusing a live one.

@@ -167,7 +167,10 @@ serviceMonitor: {{enabled: true, interval: 1m, labels: {{release: prometheus}}}}
     let node = node(&ds);
     assert_eq!(node.image.as_deref(), Some("registry.example.com/ferry:0.2.0"));
     assert_eq!(pod.init_containers.as_ref().expect("init")[0].image, node.image);
-    assert_eq!(node.args.as_deref().expect("args"), ["node", "--config", "/etc/ferry/ferry.toml", "--node-name", "$(NODE_NAME)"]);
+    assert_eq!(
+        node.args.as_deref().expect("args"),
+        ["node", "--config", "/etc/ferry/ferry.toml", "--containerd-hosts", "/etc/containerd/certs.d", "--node-name", "$(NODE_NAME)"]
+    );
     assert!(node.env.iter().flatten().all(|e| e.name != "FERRY_OPERATOR_KEY"), "keys come from the values");
     let key = pod.volumes.iter().flatten().find(|v| v.name == "swarm-key").and_then(|v| v.secret.as_ref()).expect("key volume");
     assert_eq!(key.secret_name.as_deref(), Some("site-a-swarm-key"));

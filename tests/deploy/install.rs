@@ -94,15 +94,15 @@ fn install_then_uninstall_puts_back_what_was_there() {
     let hosts = read(&s.path(DOCKER_HOSTS));
     assert!(hosts.contains("[host.\"http://127.0.0.1:5050\"]"), "{hosts}");
     assert!(s.path("etc/containerd/certs.d/registry.example.com/hosts.toml").is_file(), "{log}");
-    let backups = |s: &Scratch| -> Vec<String> { s.files().into_iter().filter(|f| f.contains("hosts.toml.bak-")).collect() };
-    let kept = backups(&s);
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(std::fs::read(s.path(&kept[0])).expect("backup"), before);
+    let kept = |s: &Scratch| -> Vec<String> { s.files().into_iter().filter(|f| f.contains("hosts.toml.ferry-orig")).collect() };
+    assert_eq!(kept(&s), [format!("{DOCKER_HOSTS}.ferry-orig")], "{log}");
+    assert_eq!(std::fs::read(s.path(&kept(&s)[0])).expect("kept"), before);
     assert!(log.contains("not running systemctl"), "{log}");
 
-    // Again (an upgrade): nothing new to back up, the first backup is still the one to restore.
+    // Again (an upgrade): nothing new is kept aside; the operator's file is still the one to put back.
     s.ok(&["--binary", FERRY]);
-    assert_eq!(backups(&s), kept);
+    assert_eq!(kept(&s), [format!("{DOCKER_HOSTS}.ferry-orig")]);
+    assert_eq!(std::fs::read(s.path(&kept(&s)[0])).expect("kept"), before);
 
     let log = s.ok(&["--uninstall"]);
     assert_eq!(std::fs::read(s.path(DOCKER_HOSTS)).expect("restored"), before, "{log}");

@@ -129,7 +129,17 @@ pub fn check_node_daemonset(ds: &DaemonSet, config: &toml::Value, configmap: &st
     assert_eq!(node.command.as_deref(), Some(&["ferry".to_string()][..]));
     assert_eq!(
         node.args.as_deref().expect("args"),
-        ["node", "--config", "/etc/ferry/ferry.toml", "--node-name", "$(NODE_NAME)", "--operator-key", "$(FERRY_OPERATOR_KEY)"]
+        [
+            "node",
+            "--config",
+            "/etc/ferry/ferry.toml",
+            "--containerd-hosts",
+            "/etc/containerd/certs.d",
+            "--node-name",
+            "$(NODE_NAME)",
+            "--operator-key",
+            "$(FERRY_OPERATOR_KEY)"
+        ]
     );
     let env: BTreeMap<_, _> = node.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
     let node_name = env["NODE_NAME"].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("NODE_NAME from the downward API");
@@ -143,12 +153,13 @@ pub fn check_node_daemonset(ds: &DaemonSet, config: &toml::Value, configmap: &st
     assert_eq!(sec.read_only_root_filesystem, Some(true));
     let m = mounts(node);
     assert_eq!(m["store"], ("/var/lib/ferry".to_string(), Some("Bidirectional".to_string())), "FUSE mounts must reach the host");
-    for name in ["config", "swarm-key", "run", "dev-fuse", "tmp"] {
+    for name in ["config", "swarm-key", "run", "dev-fuse", "tmp", "containerd-certs"] {
         assert_eq!(m[name].1, None, "only the store propagates mounts ({name})");
     }
     assert_eq!(m["config"].0, "/etc/ferry");
     assert_eq!(m["run"].0, "/run/ferry");
     assert_eq!(m["dev-fuse"].0, "/dev/fuse");
+    assert_eq!(m["containerd-certs"].0, init_mounts["containerd-certs"].0, "the node takes out what the init container wrote");
     let resources = node.resources.as_ref().expect("resources");
     assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
     assert!(resources.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
