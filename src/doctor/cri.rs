@@ -135,19 +135,31 @@ fn config_path(cri: &Cri, certs_dir: &Path) -> Check {
 fn snapshotter(cri: &Cri, ferry: &Ferry, plugin: &str) -> Check {
     const NAME: &str = "cri.snapshotter";
     let used = cri.snapshotter.as_deref().unwrap_or("overlayfs");
+    let table = &cri.images_table;
     match &ferry.snapshotter_socket {
+        // containerd needs the snapshotter to create any container on it, the node's own too:
+        // after a reboot, or a pod restart, nothing could start again.
+        Some(_) if used == plugin && ferry.in_pod => Check::fail(
+            NAME,
+            format!("CRI unpacks every image with {plugin:?}, but the node serving it runs in a pod: whenever that pod is down (a reboot, an upgrade, a crash) containerd can start no container, the node's own included, so the node never comes back"),
+            format!("set snapshotter = \"overlayfs\" under {table} and restart containerd (pods then pull whole images, through the mirror), or run Ferry as a host service (deploy/install.sh) for lazy layers in pods"),
+        ),
         Some(_) if used == plugin => {
             Check::ok(NAME, format!("CRI unpacks images with {plugin:?}: pods' lazy layers are mounted, not downloaded"))
         }
+        Some(_) if ferry.in_pod => Check::info(
+            NAME,
+            format!("CRI unpacks images with {used:?}: pods pull whole images through the mirror; lazy layers are for `ferry pull` and `ctr --snapshotter {plugin}` (CRI on ferry's snapshotter needs Ferry outside Kubernetes, deploy/install.sh)"),
+        ),
         Some(_) => Check::warn(
             NAME,
             format!("CRI unpacks images with {used:?}: pods get no lazy layers (only `ferry pull` and `ctr --snapshotter {plugin}` do)"),
-            format!("set snapshotter = \"{plugin}\" under {} and restart containerd", cri.images_table),
+            format!("set snapshotter = \"{plugin}\" under {table} and restart containerd"),
         ),
         None if used == "ferry" => Check::fail(
             NAME,
             "CRI unpacks images with \"ferry\", but the node serves no snapshotter (no snapshotter.socket): every pod's image pull fails",
-            format!("start the node with --snapshotter-socket, or set snapshotter = \"overlayfs\" under {}", cri.images_table),
+            format!("start the node with --snapshotter-socket, or set snapshotter = \"overlayfs\" under {table}"),
         ),
         None => Check::ok(NAME, format!("CRI unpacks images with {used:?} (the node's snapshotter is off)")),
     }
@@ -305,6 +317,20 @@ pub(crate) mod tests {
         let checks = evaluate(&cfg, Version::parse("1.6.20"), &off, Path::new("/etc/containerd/certs.d"));
         assert_eq!(status(&checks, "cri.snapshotter"), Status::Fail);
         assert_eq!(status(&checks, "containerd.proxy_plugin"), Status::Warn);
+    }
+
+    #[test]
+    fn in_a_pod_cri_on_ferrys_snapshotter_fails_and_overlayfs_is_expected() {
+        let (cfg, _) = ContainerdConfig::parse(GOOD_V2).expect("parses");
+        let pod = crate::doctor::Ferry { in_pod: true, ..ferry() };
+        let checks = evaluate(&cfg, Version::parse("1.7.24"), &pod, Path::new("/etc/containerd/certs.d"));
+        let c = checks.iter().find(|c| c.name == "cri.snapshotter").expect("check");
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("the node's own included"), "{c:?}");
+        let (overlay, _) =
+            ContainerdConfig::parse(&GOOD_V2.replace("snapshotter = \"ferry\"", "snapshotter = \"overlayfs\"")).expect("parses");
+        let checks = evaluate(&overlay, Version::parse("1.7.24"), &pod, Path::new("/etc/containerd/certs.d"));
+        assert_eq!(status(&checks, "cri.snapshotter"), Status::Info);
     }
 
     #[test]

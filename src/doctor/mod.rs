@@ -108,6 +108,9 @@ pub struct Ferry {
     /// `store.capacity` as written (`80%`, `500GiB`).
     pub capacity: String,
     pub high_watermark: f64,
+    /// Doctor runs in a Kubernetes pod (`KUBERNETES_SERVICE_HOST` is set), as in `kubectl exec`
+    /// into the DaemonSet's: the node then is a container of the containerd it serves.
+    pub in_pod: bool,
 }
 
 /// Where containerd's side lives.
@@ -195,6 +198,7 @@ fn load_ferry(args: &DoctorArgs) -> Result<Ferry> {
         store_path: s.store_path,
         capacity: file.store.capacity.clone(),
         high_watermark: file.store.high_watermark,
+        in_pod: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
     })
 }
 
@@ -243,6 +247,7 @@ pub(crate) mod tests {
             store_path: "/var/lib/ferry".into(),
             capacity: "80%".into(),
             high_watermark: 0.9,
+            in_pod: false,
         }
     }
 

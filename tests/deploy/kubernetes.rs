@@ -99,6 +99,8 @@ pub fn check_node_daemonset(ds: &DaemonSet, config: &toml::Value, configmap: &st
         ("run", "/run/ferry", "DirectoryOrCreate"),
         ("containerd-certs", "/etc/containerd/certs.d", "DirectoryOrCreate"),
         ("dev-fuse", "/dev/fuse", "CharDevice"),
+        ("containerd-config", "/etc/containerd", "DirectoryOrCreate"),
+        ("containerd-run", "/run/containerd", "DirectoryOrCreate"),
     ] {
         let host = volume(pod, name).host_path.as_ref().unwrap_or_else(|| panic!("volume {name} is not a hostPath"));
         assert_eq!((host.path.as_str(), host.type_.as_deref()), (path, Some(kind)), "volume {name}");
@@ -160,6 +162,12 @@ pub fn check_node_daemonset(ds: &DaemonSet, config: &toml::Value, configmap: &st
     assert_eq!(m["run"].0, "/run/ferry");
     assert_eq!(m["dev-fuse"].0, "/dev/fuse");
     assert_eq!(m["containerd-certs"].0, init_mounts["containerd-certs"].0, "the node takes out what the init container wrote");
+    // `ferry doctor` in the pod sees containerd's config and socket where they are on the host,
+    // and cannot change them.
+    for (name, path) in [("containerd-config", "/etc/containerd"), ("containerd-run", "/run/containerd")] {
+        let mount = node.volume_mounts.iter().flatten().find(|v| v.name == name).unwrap_or_else(|| panic!("no {name} mount"));
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (path, Some(true)), "{name}");
+    }
     let resources = node.resources.as_ref().expect("resources");
     assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
     assert!(resources.limits.as_ref().is_some_and(|r| r.contains_key("memory")));

@@ -3,7 +3,8 @@
 //! Debian's docker-registry. The setup as it should be passes (exit 0, no FAIL); then each broken
 //! variant of containerd's config or certs.d (written beside it: doctor reads files, so containerd
 //! keeps running on the good one), a port taken by another program, and a stopped node are each
-//! reported under the check that names the problem, non-zero exit for the blocking ones.
+//! reported under the check that names the problem, non-zero exit for the blocking ones. Run as in
+//! a Kubernetes pod, CRI on ferry's snapshotter is itself the blocking problem.
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,7 +49,16 @@ impl Report {
 }
 
 fn doctor(flags: &[String], config: &Path, certs: &Path, output: &str) -> (bool, String, String) {
+    doctor_in(flags, config, certs, output, false)
+}
+
+/// `in_pod`: as `kubectl exec` into a pod runs it, with `KUBERNETES_SERVICE_HOST` set.
+fn doctor_in(flags: &[String], config: &Path, certs: &Path, output: &str, in_pod: bool) -> (bool, String, String) {
     let mut cmd = std::process::Command::new(FERRY_BIN);
+    match in_pod {
+        true => cmd.env("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        false => cmd.env_remove("KUBERNETES_SERVICE_HOST"),
+    };
     cmd.arg("doctor").args(flags).arg("--containerd-config").arg(config).arg("--certs-dir").arg(certs).args(["--output", output]);
     cmd.env("NO_PROXY", "*").env_remove("HTTP_PROXY").env_remove("HTTPS_PROXY").env_remove("http_proxy").env_remove("https_proxy");
     let out = run_cmd(&mut cmd, Duration::from_secs(60));
@@ -163,6 +173,17 @@ async fn doctor_passes_a_good_node_and_names_each_broken_part() {
     let report = doctor_json(&flags, &variant(w, "overlayfs", &overlay), &certs);
     assert!(report.success && report.failed().is_empty(), "{:#?}", report.checks);
     assert_eq!(report.status("cri.snapshotter"), "warn");
+
+    // Run in the DaemonSet's pod: CRI on the snapshotter of a node that is itself a container
+    // would start nothing after a reboot; CRI on overlayfs is then as it should be.
+    let (success, stdout, _) = doctor_in(&flags, &config, &certs, "json", true);
+    let in_pod: Vec<Value> = serde_json::from_str(&stdout).expect("JSON");
+    let failed: Vec<&str> = in_pod.iter().filter(|c| c["status"] == "fail").filter_map(|c| c["name"].as_str()).collect();
+    assert!(!success && failed == ["cri.snapshotter"], "{in_pod:#?}");
+    let (success, stdout, _) = doctor_in(&flags, &variant(w, "overlayfs", &overlay), &certs, "json", true);
+    let in_pod: Vec<Value> = serde_json::from_str(&stdout).expect("JSON");
+    assert!(success, "{in_pod:#?}");
+    assert!(in_pod.iter().any(|c| c["name"] == "cri.snapshotter" && c["status"] == "info"), "{in_pod:#?}");
 
     // The metrics port is taken by another program (this test).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
