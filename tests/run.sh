@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 section() { printf '\n========== %s ==========\n' "$*"; }
 
 PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static fuse3 iproute2 zstd
-    nginx-light apache2-utils curl jq openssl attr stargz-snapshotter debootstrap python3)
+    nginx-light apache2-utils curl jq openssl attr stargz-snapshotter debootstrap python3 systemd)
 
 install_packages() {
     section "Debian packages"

@@ -140,3 +140,44 @@ fn an_existing_config_is_used_and_kept_and_a_bad_one_stops_the_install() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing installed"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The unit `install.sh` installs, as systemd reads it: `systemd-analyze verify` (Debian's
+/// `systemd` package; no running systemd needed) with the binary where the unit expects it, and
+/// no warning either, since systemd only warns about keys it does not know, then ignores them.
+#[test]
+fn the_systemd_unit_verifies_and_keeps_the_hosts_mount_namespace() {
+    let unit = read(&repo_path("deploy/systemd/ferry.service"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/ferry node --config /etc/ferry/ferry.toml"), "{unit}");
+    // Any of these gives the service a mount namespace of its own, where the snapshotter's FUSE
+    // mounts would be invisible to containerd.
+    for key in [
+        "ProtectSystem=",
+        "ProtectHome=",
+        "PrivateTmp=",
+        "PrivateDevices=",
+        "ReadWritePaths=",
+        "ReadOnlyPaths=",
+        "InaccessiblePaths=",
+        "PrivateMounts=",
+        "MountFlags=",
+        "TemporaryFileSystem=",
+        "BindPaths=",
+    ] {
+        assert!(!unit.lines().any(|l| l.trim_start().starts_with(key)), "{key} in the unit");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ferry", FERRY)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd) is needed");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+
+    // It can fail: a misspelt key is reported.
+    std::fs::write(&path, unit.replace("/usr/local/bin/ferry", FERRY).replace("KillSignal=", "KillSignl=")).expect("write unit");
+    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key"), "{out:?}");
+}

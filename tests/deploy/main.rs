@@ -8,9 +8,11 @@
 //!   of Go templates the chart uses: `helm` is not installed here), gives the same objects as the
 //!   plain manifests with its default values, and follows its values.
 //! - `install`: `deploy/install.sh --root` installs into a scratch root and `--uninstall` removes
-//!   it all, putting back the hosts.toml it replaced byte for byte.
+//!   it all, putting back the hosts.toml it replaced byte for byte; the systemd unit passes
+//!   `systemd-analyze verify`.
 //!
-//! Run alone with `cargo test --test deploy`. Needs bash and coreutils; no cluster, no helm.
+//! Run alone with `cargo test --test deploy`. Needs bash, coreutils and systemd-analyze (package
+//! systemd; systemd need not run); no cluster, no helm.
 
 mod helm;
 mod install;
