@@ -46,11 +46,16 @@ fn render(overrides: &str) -> Vec<Value> {
     docs
 }
 
-/// Helm's merge of a values file into the defaults: maps merge key by key, the rest is replaced.
+/// Helm's merge of a values file into the defaults: maps merge key by key, the rest is replaced,
+/// and a null removes the default.
 fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
+                if v.is_null() {
+                    b.remove(&k);
+                    continue;
+                }
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v),
                     None => drop(b.insert(k, v)),
@@ -152,6 +157,7 @@ resources: {{requests: {{cpu: "1", memory: 1Gi}}, limits: {{memory: 4Gi}}}}
 nodeSelector: {{topology.kubernetes.io/region: site-a}}
 tolerations: [{{operator: Exists}}]
 priorityClassName: system-node-critical
+updateStrategy: {{type: OnDelete, rollingUpdate: null}}
 serviceMonitor: {{enabled: true, interval: 1m, labels: {{release: prometheus}}}}
 "#
     ));
@@ -163,6 +169,8 @@ serviceMonitor: {{enabled: true, interval: 1m, labels: {{release: prometheus}}}}
     assert_eq!(one::<Service>(&docs).spec.expect("spec").ports.expect("ports")[0].port, 9100);
 
     let ds: DaemonSet = one(&docs);
+    let strategy = ds.spec.as_ref().and_then(|s| s.update_strategy.clone()).expect("updateStrategy");
+    assert_eq!((strategy.type_.as_deref(), strategy.rolling_update), (Some("OnDelete"), None));
     let pod = pod(&ds);
     let node = node(&ds);
     assert_eq!(node.image.as_deref(), Some("registry.example.com/ferry:0.2.0"));
