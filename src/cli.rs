@@ -85,9 +85,13 @@ pub struct NodeFlags {
     /// The cluster key (libp2p swarm.key format): only nodes holding it can connect.
     #[arg(long, value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
-    /// This node's region, told to peers.
-    #[arg(long, value_name = "NAME")]
+    /// This node's region, told to peers (an empty value leaves the file's).
+    #[arg(long, value_name = "NAME", env = "FERRY_REGION")]
     pub region: Option<String>,
+    /// This node's zone in its region (a rack, a switch), told to peers: same-zone peers are
+    /// preferred (an empty value leaves the file's).
+    #[arg(long, value_name = "NAME", env = "FERRY_ZONE")]
+    pub zone: Option<String>,
     /// Find peers on the local network by mDNS [default: true].
     #[arg(long, value_name = "true|false")]
     pub mdns: Option<bool>,

@@ -76,6 +76,8 @@ pub struct P2pSection {
     /// The cluster key; required when P2P is on.
     pub psk_file: Option<PathBuf>,
     pub region: String,
+    /// The node's zone in its region (a rack, a switch); empty: none.
+    pub zone: String,
     pub mdns: bool,
     /// Cap on what is served to peers, bytes per second with a unit ("50MiB"); "0": no cap.
     pub upload_rate: String,
@@ -92,6 +94,7 @@ impl Default for P2pSection {
             bootstrap: Vec::new(),
             psk_file: None,
             region: "default".into(),
+            zone: String::new(),
             mdns: true,
             upload_rate: "0".into(),
             download_rate: "0".into(),
@@ -201,6 +204,7 @@ pub struct P2pSettings {
     pub bootstrap: Vec<p2p_node::swarm::Multiaddr>,
     pub psk_file: PathBuf,
     pub region: String,
+    pub zone: String,
     pub mdns: bool,
     pub upload_rate: Option<u64>,
     pub download_rate: Option<u64>,
@@ -279,8 +283,12 @@ pub fn load(flags: &NodeFlags) -> Result<FileConfig> {
     if let Some(k) = &flags.psk_file {
         file.p2p.psk_file = Some(k.clone());
     }
-    if let Some(r) = &flags.region {
+    // Empty: a Kubernetes node without the label the downward API reads it from.
+    if let Some(r) = flags.region.as_ref().filter(|r| !r.is_empty()) {
         file.p2p.region = r.clone();
+    }
+    if let Some(z) = flags.zone.as_ref().filter(|z| !z.is_empty()) {
+        file.p2p.zone = z.clone();
     }
     if let Some(m) = flags.mdns {
         file.p2p.mdns = m;
@@ -402,6 +410,7 @@ impl FileConfig {
             bootstrap,
             psk_file,
             region: p.region.clone(),
+            zone: p.zone.clone(),
             mdns: p.mdns,
             upload_rate: rate("upload_rate", &p.upload_rate)?,
             download_rate: rate("download_rate", &p.download_rate)?,
@@ -461,6 +470,24 @@ mod tests {
         let cfg: FileConfig = toml::from_str(&text).expect("example config parses");
         let s = cfg.node_settings().expect("example config validates");
         assert!(!s.mirror.upstreams.is_empty());
+    }
+
+    #[test]
+    fn an_empty_region_or_zone_flag_leaves_the_files() {
+        // As the DaemonSet passes them where the pod does not carry its node's topology labels.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[p2p]\nregion = \"site-a\"\nzone = \"rack-1\"\n").expect("write");
+        let flags = |region: &str, zone: &str| NodeFlags {
+            config: Some(path.clone()),
+            region: Some(region.into()),
+            zone: Some(zone.into()),
+            ..NodeFlags::default()
+        };
+        let file = load(&flags("", "")).expect("loads");
+        assert_eq!((file.p2p.region.as_str(), file.p2p.zone.as_str()), ("site-a", "rack-1"));
+        let file = load(&flags("site-b", "rack-9")).expect("loads");
+        assert_eq!((file.p2p.region.as_str(), file.p2p.zone.as_str()), ("site-b", "rack-9"));
     }
 
     #[test]

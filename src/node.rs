@@ -147,6 +147,7 @@ async fn start_swarm(
         psk: Some(psk),
         mdns: p.mdns,
         region: p.region.clone(),
+        zone: p.zone.clone(),
         node_name: node_name.to_string(),
         upload_rate: p.upload_rate,
         download_rate: p.download_rate,
@@ -154,6 +155,6 @@ async fn start_swarm(
         upload_per_peer: p.upload_per_peer,
     };
     let swarm = swarm::spawn(config, key, store.clone()).context("starting the P2P swarm")?;
-    tracing::info!(peer_id = %swarm.client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, mdns = p.mdns, "joined the swarm");
+    tracing::info!(peer_id = %swarm.client.peer_id(), listen = ?p.listen, bootstrap = p.bootstrap.len(), region = %p.region, zone = %p.zone, mdns = p.mdns, "joined the swarm");
     Ok(swarm)
 }

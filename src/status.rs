@@ -20,6 +20,15 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// `region` or `region/zone`; `?` for a region nobody said.
+fn place(region: Option<&str>, zone: Option<&str>) -> String {
+    match (region, zone.filter(|z| !z.is_empty())) {
+        (Some(r), Some(z)) => format!("{r}/{z}"),
+        (Some(r), None) => r.to_string(),
+        (None, _) => "?".to_string(),
+    }
+}
+
 fn render_p2p(s: &Status) -> String {
     let mut out = match &s.p2p {
         None => "p2p        off: every blob comes from the origin\n".to_string(),
@@ -27,7 +36,7 @@ fn render_p2p(s: &Status) -> String {
             let mut out = format!(
                 "p2p        peer {} in region {} with {} peers; {} received from peers, {} served to them\n",
                 p.peer_id,
-                p.region,
+                place(Some(&p.region), Some(&p.zone)),
                 p.peers.len(),
                 bytes(p.traffic.bytes_in),
                 bytes(p.traffic.bytes_out)
@@ -41,7 +50,7 @@ fn render_p2p(s: &Status) -> String {
                     "  {} (node {}, region {}): {} in at {}/s, {} out, {} failures\n",
                     peer.peer_id,
                     peer.node.as_deref().unwrap_or("?"),
-                    peer.region.as_deref().unwrap_or("?"),
+                    place(peer.region.as_deref(), peer.zone.as_deref()),
                     bytes(t.bytes_in),
                     bytes(t.rate as u64),
                     bytes(t.bytes_out),

@@ -72,6 +72,8 @@ impl LazyStatus {
 pub struct P2pStatus {
     pub peer_id: String,
     pub region: String,
+    #[serde(default)]
+    pub zone: String,
     pub peers: Vec<p2p_node::swarm::PeerInfo>,
     pub traffic: p2p_node::swarm::Traffic,
     #[serde(default)]
@@ -120,6 +122,7 @@ impl AdminState {
             Some(s) => Some(P2pStatus {
                 peer_id: s.peer_id().to_string(),
                 region: s.region().to_string(),
+                zone: s.zone().to_string(),
                 peers: s.peers().await.unwrap_or_default(),
                 traffic: s.traffic(),
                 bans: s.bans().await.unwrap_or_default(),

@@ -2,8 +2,8 @@
 //!
 //! For each piece of the run, in order:
 //! 1. the peers whose have-map shows it — connected peers, or, when none has any of the blob, the
-//!    providers the DHT names — same region first, then the fastest measured, then the fewest
-//!    failures; a request not answered in [`HEDGE_AFTER`] is repeated to the next holder;
+//!    providers the DHT names — same region first, then same zone, then the fastest measured,
+//!    then the fewest failures ([`site::rank`]); a request not answered in [`HEDGE_AFTER`] is repeated to the next holder;
 //! 2. else the piece's *owner*: the member of the site (this node and its connected same-region
 //!    peers) that [`site::owner`] picks for the piece's segment, asked with an origin hint; it
 //!    fetches the segment from the origin if nobody there has, and the asker waits (`NotYet`);
@@ -154,7 +154,7 @@ impl SiteFill {
         let me = self.swarm.peer_id();
         let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != me && !peers.iter().any(|c| c.id == *p)).collect();
         let maps = self.ask_maps(others).await;
-        peers.extend(maps.keys().map(|id| SitePeer { id: *id, region: None, name: None }));
+        peers.extend(maps.keys().map(|id| SitePeer { id: *id, region: None, zone: None, name: None }));
         maps
     }
 
@@ -189,17 +189,13 @@ impl SiteFill {
         // Members own segments: this node and the peers of its region.
         let mut members: Vec<PeerId> = peers.iter().filter(|p| same_region(p)).map(|p| p.id).collect();
         members.push(me);
-        // Holders best first: same region, then faster, then fewer failures.
-        let mut ranked: Vec<&SitePeer> = peers.iter().filter(|p| maps.contains_key(&p.id)).collect();
-        ranked.sort_by(|a, b| {
-            let (ta, tb) = (self.swarm.traffic_with(&a.id), self.swarm.traffic_with(&b.id));
-            same_region(b).cmp(&same_region(a)).then(tb.rate.total_cmp(&ta.rate)).then(ta.failures.cmp(&tb.failures))
-        });
+        let holders = peers.iter().filter(|p| maps.contains_key(&p.id));
+        let ranked = site::rank(holders, region, self.swarm.zone(), |id| self.swarm.traffic_with(id));
         let (mut jobs, mut mine) = (Vec::new(), Vec::new());
         for piece in run {
             let mut holding: Vec<&SitePeer> = ranked.iter().copied().filter(|p| maps[&p.id].get(piece)).collect();
-            // Spread the load: the best few holders of the best region take turns by piece.
-            let n = holding.iter().take(3).take_while(|p| p.region == holding[0].region).count();
+            // Spread the load: the best few holders of the best region and zone take turns by piece.
+            let n = holding.iter().take(3).take_while(|p| (&p.region, &p.zone) == (&holding[0].region, &holding[0].zone)).count();
             if n > 1 {
                 holding[..n].rotate_left(piece as usize % n);
             }

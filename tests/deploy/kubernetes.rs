@@ -146,6 +146,11 @@ pub fn check_node_daemonset(ds: &DaemonSet, config: &toml::Value, configmap: &st
     let env: BTreeMap<_, _> = node.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
     let node_name = env["NODE_NAME"].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("NODE_NAME from the downward API");
     assert_eq!(node_name.field_path, "spec.nodeName");
+    for (var, label) in [("FERRY_REGION", "topology.kubernetes.io/region"), ("FERRY_ZONE", "topology.kubernetes.io/zone")] {
+        let field =
+            env[var].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).unwrap_or_else(|| panic!("{var} from the downward API"));
+        assert_eq!(field.field_path, format!("metadata.labels['{label}']"));
+    }
     let operator =
         env["FERRY_OPERATOR_KEY"].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("operator key from a Secret");
     assert_eq!((operator.name.as_str(), operator.key.as_str(), operator.optional), ("ferry-operator-key", "operator-key", None));

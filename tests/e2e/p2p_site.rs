@@ -156,6 +156,40 @@ async fn peers_of_the_same_region_are_preferred() {
     assert_eq!(bytes_from(&far.peer_id), 0, "bytes came from the other region: {status}");
 }
 
+/// Within a region, a node asks the holders of its own zone first (`FERRY_ZONE`, as the
+/// DaemonSet sets it from the pod's topology label): with the blob on two peers, one in each
+/// zone, every peer byte comes from the same-zone one.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_of_the_same_zone_are_asked_first() {
+    let site = Site::new(3, WanShape::mbit(200));
+    let origin = Registry::plain_in(&site, "origin").await;
+    let image = push_image(&site, &origin, 5, &[9]);
+    let work = temp_dir("p2p-key");
+    let key = cluster_key(work.path(), "site.key");
+    let near = SiteNode::start(&site, 0, &origin, &key, None, &[("FERRY_ZONE", "rack-1")]);
+    let boot = Some(near.address(&site));
+    let other = SiteNode::start(&site, 2, &origin, &key, boot.clone(), &[("FERRY_ZONE", "rack-2")]);
+    pull(&site, &near, &image);
+    pull(&site, &other, &image);
+    let asker = SiteNode::start(&site, 1, &origin, &key, boot, &[("FERRY_ZONE", "rack-1")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while [&near, &other, &asker].iter().any(|n| n.peer_count() < 2) {
+        assert!(std::time::Instant::now() < deadline, "the three nodes did not connect:\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pull(&site, &asker, &image);
+    let status = asker.status().expect("status");
+    assert_eq!(status["p2p"]["zone"], "rack-1", "{status}");
+    let peers = status["p2p"]["peers"].as_array().cloned().unwrap_or_default();
+    let peer = |id: &str| peers.iter().find(|p| p["peer_id"] == id).cloned().unwrap_or_else(|| panic!("no peer {id}: {status}"));
+    assert_eq!((&peer(&near.peer_id)["zone"], &peer(&other.peer_id)["zone"]), (&"rack-1".into(), &"rack-2".into()), "{status}");
+    let served = |k: &str| status["traffic"][k].as_u64().unwrap_or(0);
+    assert!(served("served_peer_bytes") >= image.blob_bytes() / 2, "the asker's pull came from peers: {status}");
+    let bytes_from = |id: &str| peer(id)["traffic"]["bytes_in"].as_u64().unwrap_or(0);
+    assert_eq!(bytes_from(&near.peer_id), served("served_peer_bytes"), "not all peer bytes came from the same-zone peer: {status}");
+    assert_eq!(bytes_from(&other.peer_id), 0, "bytes came from the other zone: {status}");
+}
+
 /// A node killed with -9 in the middle of a simultaneous pull: the others still complete with
 /// the right digests (its pieces come from the origin or from the survivors).
 #[tokio::test(flavor = "multi_thread")]

@@ -66,9 +66,16 @@ pub(crate) struct EventLoop {
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, Error>>>,
     order_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<OrderResponse, Error>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
-    regions: HashMap<PeerId, String>,
-    /// Peers' node names, as they announce them.
-    names: HashMap<PeerId, String>,
+    /// What peers say of themselves (identify's agent version).
+    announced: HashMap<PeerId, Announced>,
+}
+
+/// A peer's region, zone and node name, as it announces them.
+#[derive(Debug, Default)]
+struct Announced {
+    region: Option<String>,
+    zone: Option<String>,
+    name: Option<String>,
 }
 
 fn swarm_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -90,7 +97,7 @@ impl EventLoop {
         ToNode { orders, inbound_orders }: ToNode,
     ) -> Result<EventLoop, Error> {
         let psk = config.psk;
-        let region = config.region.clone();
+        let (region, zone) = (config.region.clone(), config.zone.clone());
         let node_name = config.node_name.clone();
         let mdns_on = config.mdns;
         let corrupt_served_pieces = config.test_fault_corrupt_served_pieces;
@@ -114,7 +121,7 @@ impl EventLoop {
                 let local = key.public().to_peer_id();
                 let identify = identify::Behaviour::new(
                     identify::Config::new("/ferry/id/1.0.0".into(), key.public())
-                        .with_agent_version(format!("ferry/{} region={region} node={node_name}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("ferry/{} region={region} zone={zone} node={node_name}", env!("CARGO_PKG_VERSION"))),
                 );
                 let mut kad_config = kad::Config::new(KAD_PROTOCOL);
                 kad_config.set_provider_record_ttl(Some(PROVIDER_TTL)).set_provider_publication_interval(Some(PROVIDER_REPUBLISH));
@@ -161,8 +168,7 @@ impl EventLoop {
             requests: HashMap::new(),
             order_requests: HashMap::new(),
             dials: HashMap::new(),
-            regions: HashMap::new(),
-            names: HashMap::new(),
+            announced: HashMap::new(),
         })
     }
 
@@ -244,7 +250,11 @@ impl EventLoop {
                     .swarm
                     .connected_peers()
                     .filter(|p| !self.bans.contains_key(p))
-                    .map(|p| SitePeer { id: *p, region: self.regions.get(p).cloned(), name: self.names.get(p).cloned() })
+                    .map(|p| {
+                        let a = self.announced.get(p);
+                        let said = |f: fn(&Announced) -> &Option<String>| a.and_then(|a| f(a).clone());
+                        SitePeer { id: *p, region: said(|a| &a.region), zone: said(|a| &a.zone), name: said(|a| &a.name) }
+                    })
                     .collect();
                 let _ = reply.send(peers);
             }
@@ -304,13 +314,10 @@ impl EventLoop {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
-                let word = |key: &str| info.agent_version.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string);
-                if let Some(region) = word("region=") {
-                    self.regions.insert(peer_id, region);
-                }
-                if let Some(name) = word("node=") {
-                    self.names.insert(peer_id, name);
-                }
+                let word = |key: &str| {
+                    info.agent_version.split_whitespace().find_map(|w| w.strip_prefix(key)).filter(|v| !v.is_empty()).map(str::to_string)
+                };
+                self.announced.insert(peer_id, Announced { region: word("region="), zone: word("zone="), name: word("node=") });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {

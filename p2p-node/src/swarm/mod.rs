@@ -48,6 +48,9 @@ pub struct SwarmConfig {
     pub mdns: bool,
     /// This node's region, told to peers (same-region peers are preferred).
     pub region: String,
+    /// This node's zone within its region (a rack, a switch), told to peers; empty: none. Among
+    /// same-region peers, same-zone ones are preferred.
+    pub zone: String,
     /// This node's name (the Kubernetes node name), told to peers: prewarm orders find it by it.
     pub node_name: String,
     /// Upload cap in bytes per second for everything served to peers (`None`: no cap).
@@ -66,6 +69,8 @@ pub struct SwarmConfig {
 pub struct PeerInfo {
     pub peer_id: String,
     pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
     /// The peer's node name.
     #[serde(default)]
     pub node: Option<String>,
@@ -87,6 +92,7 @@ pub struct Ban {
 pub struct SitePeer {
     pub id: PeerId,
     pub region: Option<String>,
+    pub zone: Option<String>,
     pub name: Option<String>,
 }
 
@@ -138,6 +144,7 @@ pub struct Client {
     tx: mpsc::Sender<Command>,
     local: PeerId,
     region: String,
+    zone: String,
     limits: Arc<limits::Limits>,
 }
 
@@ -165,6 +172,11 @@ impl Client {
     /// This node's region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// This node's zone ("" when it has none).
+    pub fn zone(&self) -> &str {
+        &self.zone
     }
 
     /// Bytes received from and served to peers since start.
@@ -273,7 +285,13 @@ impl Client {
         let peers = self.site_peers().await?;
         Ok(peers
             .into_iter()
-            .map(|p| PeerInfo { peer_id: p.id.to_string(), region: p.region, node: p.name, traffic: self.limits.counters.of(&p.id) })
+            .map(|p| PeerInfo {
+                peer_id: p.id.to_string(),
+                region: p.region,
+                zone: p.zone,
+                node: p.name,
+                traffic: self.limits.counters.of(&p.id),
+            })
             .collect())
     }
 }
@@ -311,7 +329,7 @@ pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Swarm, E
     let (prewarm_tx, prewarm) = mpsc::channel(64);
     let counters = Arc::new(limits::Counters::default());
     let limits = Arc::new(limits::Limits::new(config.upload_rate, config.download_rate, config.upload_per_peer, counters));
-    let region = config.region.clone();
+    let (region, zone) = (config.region.clone(), config.zone.clone());
     let event_loop = event_loop::EventLoop::new(
         config,
         key,
@@ -322,7 +340,7 @@ pub fn spawn(config: SwarmConfig, key: Keypair, store: Store) -> Result<Swarm, E
         event_loop::ToNode { orders: orders_tx, inbound_orders: prewarm_tx },
     )?;
     tokio::spawn(event_loop.run());
-    Ok(Swarm { client: Client { tx, local, region, limits }, orders, prewarm })
+    Ok(Swarm { client: Client { tx, local, region, zone, limits }, orders, prewarm })
 }
 
 #[cfg(test)]

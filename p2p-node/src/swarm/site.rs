@@ -13,6 +13,8 @@
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
+use super::{PeerTraffic, SitePeer};
+
 use crate::store::PIECE_SIZE;
 use crate::Digest;
 
@@ -40,6 +42,23 @@ pub fn owner<'a>(blob: &Digest, segment: u32, members: impl IntoIterator<Item = 
     members.into_iter().max_by_key(|m| (weight(blob, segment, m), m.to_bytes()))
 }
 
+/// Peers as sources of a piece, best first: those of this node's `region`, then of its `zone`
+/// (when it has one), then the fastest measured, then the fewest failures.
+pub fn rank<'a>(
+    peers: impl IntoIterator<Item = &'a SitePeer>,
+    region: &str,
+    zone: &str,
+    traffic: impl Fn(&PeerId) -> PeerTraffic,
+) -> Vec<&'a SitePeer> {
+    let near = |p: &SitePeer| {
+        let same_region = p.region.as_deref() == Some(region);
+        (same_region, same_region && !zone.is_empty() && p.zone.as_deref() == Some(zone))
+    };
+    let mut ranked: Vec<(&SitePeer, PeerTraffic)> = peers.into_iter().map(|p| (p, traffic(&p.id))).collect();
+    ranked.sort_by(|(a, ta), (b, tb)| near(b).cmp(&near(a)).then(tb.rate.total_cmp(&ta.rate)).then(ta.failures.cmp(&tb.failures)));
+    ranked.into_iter().map(|(p, _)| p).collect()
+}
+
 /// How many segments a blob of `size` bytes has.
 pub fn segments(size: u64) -> u32 {
     u32::try_from(size.div_ceil(PIECE_SIZE * u64::from(SEGMENT_PIECES))).unwrap_or(u32::MAX)
@@ -48,6 +67,31 @@ pub fn segments(size: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_rank_by_region_then_zone_then_speed_then_failures() {
+        let peer = |region: &str, zone: &str| SitePeer {
+            id: PeerId::random(),
+            region: Some(region.to_string()).filter(|r| !r.is_empty()),
+            zone: Some(zone.to_string()).filter(|z| !z.is_empty()),
+            name: None,
+        };
+        let peers = [peer("b", "rack-1"), peer("a", "rack-2"), peer("a", "rack-1"), peer("a", ""), peer("", ""), peer("a", "rack-1")];
+        let speed: std::collections::HashMap<PeerId, (f64, u64)> =
+            [(0, (90.0, 0)), (1, (50.0, 0)), (2, (10.0, 3)), (3, (70.0, 0)), (4, (99.0, 0)), (5, (10.0, 0))]
+                .into_iter()
+                .map(|(i, (rate, failures))| (peers[i].id, (rate, failures)))
+                .collect();
+        let traffic = |id: &PeerId| PeerTraffic { rate: speed[id].0, failures: speed[id].1, ..PeerTraffic::default() };
+        let order = |zone: &str| -> Vec<usize> {
+            rank(&peers, "a", zone, traffic).iter().map(|p| peers.iter().position(|q| q.id == p.id).expect("one of them")).collect()
+        };
+        // Same zone (equal speed: fewer failures first), then the rest of the region by speed,
+        // then other regions and peers that said nothing, by speed.
+        assert_eq!(order("rack-1"), [5, 2, 3, 1, 4, 0]);
+        // A node without a zone ranks its region's peers by speed alone.
+        assert_eq!(order(""), [3, 1, 5, 2, 4, 0]);
+    }
 
     #[test]
     fn segments_spread_evenly_and_only_a_leavers_segments_move() {

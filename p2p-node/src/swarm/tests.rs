@@ -32,6 +32,7 @@ async fn limited_node(key: Option<PreSharedKey>, bootstrap: Vec<Multiaddr>, uplo
         psk: key,
         mdns: false,
         region: "site-a".into(),
+        zone: "rack-1".into(),
         node_name: format!("gpu-{}", NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         upload_rate,
         download_rate,
@@ -106,7 +107,9 @@ async fn nodes_with_the_cluster_key_find_providers_and_fetch_pieces() {
     assert!(matches!(past_the_end, PieceAnswer::NotHere), "{past_the_end:?}");
     assert_eq!(c.client.have_map(a.client.peer_id(), Digest::of(b"x")).await.expect("request"), None);
     let peers = a.client.peers().await.expect("peers");
-    assert!(peers.iter().any(|p| p.peer_id == c.client.peer_id().to_string() && p.region.as_deref() == Some("site-a")), "{peers:?}");
+    let c_id = c.client.peer_id().to_string();
+    let seen = peers.iter().find(|p| p.peer_id == c_id).unwrap_or_else(|| panic!("{peers:?}"));
+    assert_eq!((seen.region.as_deref(), seen.zone.as_deref()), (Some("site-a"), Some("rack-1")), "what c announced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
