@@ -21,6 +21,10 @@
 #  12. stops the registry (the site's WAN is down) and fetches the image by digest through
 #      node B with curl, checking every blob against its digest: bytes come from A (peers)
 #  13. prints where B's bytes came from (`ferry status`, ferry_bytes_served_total)
+#  14. brings the registry back, pushes a second image for a "rollout" of two GPU pods, plans it
+#      with `ferry prewarm plan` over a two-node cluster snapshot (both nodes named as the ferry
+#      nodes), and has both nodes fetch it ahead of time with `ferry prewarm apply`, signed with
+#      an operator key from `ferry prewarm keygen` that the nodes were started with
 # Nothing listens on anything but 127.0.0.1.
 set -euo pipefail
 
@@ -102,7 +106,7 @@ node_status() { "$FERRY" status --json --admin-socket "$1" | jq -er "$2"; }
 
 # A throwaway upstream registry (Debian's docker-registry, i.e. distribution 2.8).
 start_registry() {
-    REG_PORT=$(free_port)
+    REG_PORT=${REG_PORT:-$(free_port)}
     REG_URL=http://127.0.0.1:$REG_PORT
     step "Starting an upstream registry on $REG_URL (stands in for demo.local)"
     cat >"$W/registry.yml" <<EOF
@@ -117,10 +121,10 @@ EOF
     wait_until registry "$REG_PID" http_ok "$REG_URL/v2/"
 }
 
-# A one-layer image holding a static busybox, built with umoci, pushed with skopeo.
-push_demo_image() {
-    step "Building a tiny busybox image and pushing it as $IMAGE"
-    local d=$W/image
+# push_image REPO:TAG [MARKER]: a one-layer image holding a static busybox (and a file /marker
+# holding MARKER), built with umoci, pushed with skopeo.
+push_image() {
+    local d=$W/image-${1//[:\/]/-}
     mkdir -p "$d" && cd "$d"
     umoci init --layout oci
     umoci new --image oci:latest
@@ -128,23 +132,34 @@ push_demo_image() {
     mkdir -p bundle/rootfs/bin
     cp /bin/busybox bundle/rootfs/bin/
     ln -s busybox bundle/rootfs/bin/sh
+    [[ -z ${2:-} ]] || printf '%s\n' "$2" >bundle/rootfs/marker
     umoci repack --image oci:latest bundle
     umoci config --image oci:latest --config.cmd /bin/sh
-    skopeo copy -q --dest-tls-verify=false oci:oci:latest "docker://127.0.0.1:$REG_PORT/demo/busybox:latest"
+    skopeo copy -q --dest-tls-verify=false oci:oci:latest "docker://127.0.0.1:$REG_PORT/$1"
     cd "$W"
-    info "pushed to $REG_URL/v2/demo/busybox/manifests/latest"
+    info "pushed to $REG_URL/v2/${1%:*}/manifests/${1#*:}"
+}
+push_demo_image() {
+    step "Building a tiny busybox image and pushing it as $IMAGE"
+    push_image demo/busybox:latest
 }
 
-# The site's cluster key: only nodes holding it can connect to each other.
-make_cluster_key() {
+# The site's cluster key: only nodes holding it can connect to each other. And the operator's
+# key: nodes carry out only prewarm orders signed with it.
+make_keys() {
     KEY=$W/swarm.key
     step "Making a cluster key for the site: deploy/make-cluster-key.sh > $KEY"
     (umask 077 && "$REPO_ROOT/deploy/make-cluster-key.sh" >"$KEY") || die "cannot make a cluster key"
+    OPERATOR_KEY=$W/operator.key
+    step "Making an operator key for prewarm orders: ferry prewarm keygen -o $OPERATOR_KEY"
+    OPERATOR_PUB=$("$FERRY" prewarm keygen -o "$OPERATOR_KEY" 2>/dev/null) || die "cannot make an operator key"
+    info "nodes will trust $OPERATOR_PUB (--operator-key)"
 }
 
 # start_node NAME MIRROR_ADDR METRICS_ADDR ADMIN_SOCK P2P_PORT [FLAG...]: a ferry node, a caching
 # mirror in front of demo.local, in the demo's P2P site: region "demo", cluster key $KEY, mDNS off
-# (peers come from --bootstrap). Its store is $W/NAME-store, its log $W/NAME.log.
+# (peers come from --bootstrap), node name NAME, taking prewarm orders signed with the operator
+# key. Its store is $W/NAME-store, its log $W/NAME.log.
 start_node() {
     local name=$1 addr=$2 metrics=$3 sock=$4 p2p_port=$5 pid
     shift 5
@@ -156,6 +171,7 @@ start_node() {
         --admin-socket "$sock" \
         --p2p-listen "/ip4/127.0.0.1/tcp/$p2p_port" \
         --psk-file "$KEY" --region demo --mdns false \
+        --node-name "$name" --operator-key "$OPERATOR_PUB" \
         "$@" >"$W/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
@@ -367,6 +383,43 @@ fetch_through_b() {
     ((after[1] > before[1])) || die "node B served nothing from its peers; $(log_tail ferry-b)"
 }
 
+# A rollout is coming: the registry is back with a new image; plan where its pods will land and
+# have exactly those nodes fetch it before the rollout starts.
+prewarm() {
+    start_registry
+    step "A rollout of demo.local/demo/infer:v2 is coming: pushing the image"
+    push_image demo/infer:v2 "the image both nodes warmed"
+    step "The cluster as kubectl lists it: two GPU nodes named like the ferry nodes ($W/nodes.json)"
+    jq -n '{apiVersion: "v1", kind: "List", items: [$ARGS.positional[] | {
+        metadata: {name: ., labels: {"topology.kubernetes.io/region": "demo", "nvidia.com/gpu.product": "NVIDIA-L4"}},
+        spec: {},
+        status: {allocatable: {cpu: "16", memory: "64Gi", pods: "110", "nvidia.com/gpu": "1"},
+                 conditions: [{type: "Ready", status: "True"}]}}]}' --args ferry-a ferry-b >"$W/nodes.json"
+    cat >"$W/rollout.yaml" <<'EOF'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: infer, namespace: demo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: infer}}
+  template:
+    metadata: {labels: {app: infer}}
+    spec:
+      nodeSelector: {nvidia.com/gpu.product: NVIDIA-L4}
+      containers:
+        - name: server
+          image: demo.local/demo/infer:v2
+          resources: {limits: {nvidia.com/gpu: 1}}
+EOF
+    step "Planning: ferry prewarm plan --nodes nodes.json rollout.yaml -o plan.json"
+    "$FERRY" prewarm plan --nodes "$W/nodes.json" "$W/rollout.yaml" -o "$W/plan.json" | sed 's/^/    /'
+    step "Applying the plan through node A: ferry prewarm apply plan.json --key operator.key"
+    "$FERRY" prewarm apply "$W/plan.json" --key "$OPERATOR_KEY" --admin-socket "$A_SOCK" --timeout 2m |
+        sed 's/^/    /' || die "the prewarm did not finish; $(log_tail ferry-a)"
+    step "Every order of the site: ferry prewarm status"
+    "$FERRY" prewarm status --admin-socket "$A_SOCK" | sed 's/^/    /'
+}
+
 # ---------------------------------------------------------------- cleanup ----
 
 stop_everything() {
@@ -420,7 +473,8 @@ keep_running() {
 
     $FERRY status --admin-socket $B_SOCK
     $FERRY status --admin-socket $A_SOCK --json | jq .p2p
-    curl -s http://$B_METRICS/metrics | grep -E '^ferry_(bytes_served|peer)'
+    curl -s http://$B_METRICS/metrics | grep -E '^ferry_(bytes_served|peer|prewarm)'
+    $FERRY prewarm status --admin-socket $A_SOCK
     curl -s 'http://$B_ADDR/v2/demo/busybox/manifests/$DIGEST?ns=demo.local' | jq .
     curl -sI 'http://$A_ADDR/v2/demo/busybox/manifests/latest?ns=demo.local'   # A resolved the tag before
     ctr --address $SOCK image ls
@@ -448,7 +502,7 @@ main() {
 
     start_registry
     push_demo_image
-    make_cluster_key
+    make_keys
     start_node_a
     start_containerd
     configure_containerd
@@ -461,6 +515,7 @@ main() {
     stop_registry
     fetch_through_b
     report B "$B_SOCK" "$B_METRICS"
+    prewarm
     if ((KEEP)); then keep_running; else step "Done"; fi
 }
 
