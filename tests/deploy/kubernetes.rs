@@ -11,21 +11,10 @@ use super::*;
 
 const DIR: &str = "deploy/kubernetes";
 
-/// The documents of the files kustomization.yaml lists, in its order.
+/// What `kubectl apply -k deploy/kubernetes` applies: `kubectl kustomize`'s output.
 pub fn kustomized() -> Vec<Value> {
-    let kustomization = documents(&read(&repo_path(&format!("{DIR}/kustomization.yaml"))), "kustomization.yaml");
-    let k = &kustomization[0];
-    assert_eq!(k["kind"], "Kustomization");
-    assert_eq!(k["namespace"], "ferry-system");
-    k["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .flat_map(|f| {
-            let f = f.as_str().expect("a file name");
-            documents(&read(&repo_path(&format!("{DIR}/{f}"))), f)
-        })
-        .collect()
+    let out = run(Command::new(k8s_tool("kubectl")).arg("kustomize").arg(repo_path(DIR)));
+    documents(&String::from_utf8(out.stdout).expect("UTF-8"), "kubectl kustomize's output")
 }
 
 #[test]

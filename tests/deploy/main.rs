@@ -4,20 +4,20 @@
 //!   (k8s-openapi) and back without losing a field, and says what matters: host paths, mount
 //!   propagation, privilege, the downward API, the Secrets, the init container, the probes; its
 //!   `ferry.toml` is loaded by the real binary, and a node runs with it.
-//! - `helm`: the chart in `deploy/helm/ferry`, rendered by `template` (a renderer of the subset
-//!   of Go templates the chart uses: `helm` is not installed here), gives the same objects as the
-//!   plain manifests with its default values, and follows its values.
+//! - `helm`: the chart in `deploy/helm/ferry`, linted and rendered by `helm` itself, gives the
+//!   same objects as the plain manifests (as `kubectl kustomize` renders them) with its default
+//!   values, and follows its values.
 //! - `install`: `deploy/install.sh --root` installs into a scratch root and `--uninstall` removes
 //!   it all, putting back the hosts.toml it replaced byte for byte; the systemd unit passes
 //!   `systemd-analyze verify`.
 //!
-//! Run alone with `cargo test --test deploy`. Needs bash, coreutils and systemd-analyze (package
-//! systemd; systemd need not run); no cluster, no helm.
+//! Run alone with `cargo test --test deploy`. Needs bash, coreutils, systemd-analyze (package
+//! systemd; systemd need not run), and helm and kubectl where `tests/k8s-tools.sh` puts them
+//! (`tests/run.sh` runs it); no cluster.
 
 mod helm;
 mod install;
 mod kubernetes;
-mod template;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,6 +30,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// `helm` or `kubectl`, as `tests/k8s-tools.sh` installs them: in `$FERRY_FIXTURES/k8s-tools`,
+/// else `<target dir>/ferry-fixtures/k8s-tools`.
+pub fn k8s_tool(name: &str) -> PathBuf {
+    let fixtures = match std::env::var_os("FERRY_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target dir").join("ferry-fixtures"),
+    };
+    let path = fixtures.join("k8s-tools").join(name);
+    assert!(path.is_file(), "{} is missing: run `bash tests/k8s-tools.sh` (tests/run.sh does)", path.display());
+    path
+}
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
