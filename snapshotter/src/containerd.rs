@@ -18,7 +18,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::service::api::{content, diff, images, leases, snapshots, types};
+use crate::service::api::{content, diff, images, introspection, leases, snapshots, types, version};
 use crate::Error;
 
 /// How long a pull's lease protects what it wrote if the pull dies without ending it.
@@ -31,6 +31,28 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     lease: Option<String>,
+}
+
+/// A plugin the daemon knows, as `ctr plugins ls` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    /// `io.containerd.snapshotter.v1`, `io.containerd.grpc.v1`, …
+    pub kind: String,
+    pub id: String,
+    /// Why it did not load; `None`: loaded.
+    pub init_error: Option<String>,
+}
+
+impl Plugin {
+    /// `ok`, `skip` (not for this host: a snapshotter whose filesystem is missing) or `error`,
+    /// as `ctr plugins ls` says.
+    pub fn status(&self) -> &'static str {
+        match &self.init_error {
+            None => "ok",
+            Some(e) if e.contains("skip plugin") => "skip",
+            Some(_) => "error",
+        }
+    }
 }
 
 /// What Prepare gave: mounts to unpack into, or a snapshot that is already there (a remote layer).
@@ -237,6 +259,28 @@ impl Containerd {
     }
 
     /// Points the image `name` at `target`, creating it or moving it.
+    /// The daemon's version, as `ctr version` shows the server's.
+    pub async fn version(&self) -> Result<String, Error> {
+        let mut client = version::version_client::VersionClient::new(self.channel.clone());
+        let reply = client.version(self.request(())).await.map_err(|s| Error::containerd("asking containerd's version", s))?;
+        Ok(reply.into_inner().version)
+    }
+
+    /// Every plugin the daemon knows, loaded or not.
+    pub async fn plugins(&self) -> Result<Vec<Plugin>, Error> {
+        let mut client = introspection::introspection_client::IntrospectionClient::new(self.channel.clone());
+        let reply = client
+            .plugins(self.request(introspection::PluginsRequest { filters: Vec::new() }))
+            .await
+            .map_err(|s| Error::containerd("listing containerd's plugins", s))?;
+        Ok(reply
+            .into_inner()
+            .plugins
+            .into_iter()
+            .map(|p| Plugin { kind: p.r#type, id: p.id, init_error: p.init_err.map(|e| e.message) })
+            .collect())
+    }
+
     pub async fn set_image(&self, name: &str, target: &types::Descriptor) -> Result<(), Error> {
         let image = images::Image { name: name.to_string(), labels: HashMap::new(), target: Some(target.clone()) };
         let mut client = images::images_client::ImagesClient::new(self.channel.clone());
@@ -251,5 +295,25 @@ impl Containerd {
             }
             Err(s) => Err(Error::containerd(format!("creating image {name}"), s)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plugin;
+
+    #[test]
+    fn a_plugins_status_reads_as_ctr_shows_it() {
+        let plugin = |init_error: Option<&str>| Plugin {
+            kind: "io.containerd.snapshotter.v1".into(),
+            id: "zfs".into(),
+            init_error: init_error.map(Into::into),
+        };
+        assert_eq!(plugin(None).status(), "ok");
+        assert_eq!(
+            plugin(Some("path /var/lib/containerd/zfs must be a zfs filesystem to be used with the zfs snapshotter: skip plugin")).status(),
+            "skip"
+        );
+        assert_eq!(plugin(Some("failed to create CRI service: invalid config")).status(), "error");
     }
 }

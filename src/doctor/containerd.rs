@@ -1,10 +1,13 @@
-//! containerd itself: its version (asked of the running daemon with `ctr version`, else of the
-//! installed binary), whether its config file's version suits it, and whether the running daemon
-//! loaded what the file asks for (`ctr plugins ls`): a config edited without a restart is the
-//! classic silent breakage.
+//! containerd itself: its version (asked of the running daemon over its gRPC API, as `ctr version`
+//! does, else of the installed binary), whether its config file's version suits it, and whether
+//! the running daemon loaded what the file asks for (its plugins, as `ctr plugins ls` lists them):
+//! a config edited without a restart is the classic silent breakage. No `ctr` is needed, so it
+//! runs in the node's pod too.
 
 use std::path::Path;
 use std::time::Duration;
+
+use snapshotter::containerd::{Containerd, Plugin};
 
 use super::containerd_toml::{ContainerdConfig, LoadError};
 use super::{Check, Ferry};
@@ -42,14 +45,6 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// A plugin the running containerd lists (`ctr plugins ls`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plugin {
-    pub kind: String,
-    pub id: String,
-    pub status: String,
-}
-
 /// What the running containerd (or the installed binary) says.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -67,26 +62,9 @@ impl Live {
     }
 }
 
-/// The server's version in `ctr version`'s output.
-pub fn server_version(text: &str) -> Option<String> {
-    let server = &text[text.find("Server:")?..];
-    server.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(|v| v.trim().to_string())
-}
-
 /// The version in `containerd --version` (`containerd github.com/containerd/containerd 1.6.20~ds1 …`).
 pub fn binary_version(text: &str) -> Option<String> {
     text.split_whitespace().skip(1).find(|t| Version::parse(t).is_some()).map(str::to_string)
-}
-
-/// `ctr plugins ls`: `TYPE ID PLATFORMS STATUS` rows.
-pub fn parse_plugins(text: &str) -> Vec<Plugin> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 3).then(|| Plugin { kind: cols[0].into(), id: cols[1].into(), status: cols[cols.len() - 1].into() })
-        })
-        .collect()
 }
 
 async fn command(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
@@ -102,29 +80,25 @@ async fn command(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, Str
 
 /// Asks the daemon at `address` (and the binary, if the daemon does not answer).
 pub async fn probe(address: &Path) -> Live {
-    let addr = address.as_os_str();
-    let ctr = |sub: &'static [&'static str]| {
-        let mut args = vec![std::ffi::OsStr::new("--address"), addr];
-        args.extend(sub.iter().map(std::ffi::OsStr::new));
-        async move { command("ctr", &args).await }
-    };
-    // ctr waits for a socket that is not there until its own deadline: look first.
-    let server = match std::os::unix::net::UnixStream::connect(address) {
-        Err(e) => Err(e.to_string()),
-        Ok(_) => match ctr(&["version"]).await {
-            Ok(text) => server_version(&text).ok_or_else(|| "`ctr version` printed no server version".to_string()),
-            Err(e) => Err(e),
-        },
-    };
-    let plugins = match &server {
-        Ok(_) => ctr(&["plugins", "ls"]).await.ok().map(|t| parse_plugins(&t)),
-        Err(_) => None,
+    let asked = tokio::time::timeout(TIMEOUT, ask(address))
+        .await
+        .unwrap_or_else(|_| Err(format!("containerd at {} did not answer within {TIMEOUT:?}", address.display())));
+    let (server, plugins) = match asked {
+        Ok((version, plugins)) => (Ok(version), plugins),
+        Err(e) => (Err(e), None),
     };
     let binary = match &server {
         Ok(_) => None,
         Err(_) => command("containerd", &[std::ffi::OsStr::new("--version")]).await.ok().and_then(|t| binary_version(&t)),
     };
     Live { server, binary, plugins }
+}
+
+/// The daemon's version, and its plugins when it lists them.
+async fn ask(address: &Path) -> Result<(String, Option<Vec<Plugin>>), String> {
+    let daemon = Containerd::connect(address, "default").await.map_err(|e| e.to_string())?;
+    let version = daemon.version().await.map_err(|e| e.to_string())?;
+    Ok((version, daemon.plugins().await.ok()))
 }
 
 fn support(v: Version) -> Option<Check> {
@@ -231,11 +205,15 @@ pub fn plugins_check(cfg: &ContainerdConfig, live: &Live, ferry: &Ferry) -> Chec
     });
     if let Some(name) = name {
         match find("io.containerd.snapshotter.v1", &name) {
-            Some(p) if p.status == "ok" => ok.push(format!("snapshotter {name:?} loaded")),
+            Some(p) if p.status() == "ok" => ok.push(format!("snapshotter {name:?} loaded")),
             Some(p) => findings.push(Check::fail(
                 NAME,
-                format!("containerd lists snapshotter {name:?} as {:?}", p.status),
-                "see containerd's log for why it did not load",
+                format!(
+                    "containerd lists snapshotter {name:?} as {:?}: {}",
+                    p.status(),
+                    p.init_error.as_deref().unwrap_or("no reason given")
+                ),
+                "fix what containerd says, then restart containerd",
             )),
             None => findings.push(Check::fail(
                 NAME,
@@ -246,11 +224,14 @@ pub fn plugins_check(cfg: &ContainerdConfig, live: &Live, ferry: &Ferry) -> Chec
     }
     if !cfg.cri().disabled {
         match find("io.containerd.grpc.v1", "cri") {
-            Some(p) if p.status == "ok" => ok.push("CRI loaded".to_string()),
+            Some(p) if p.status() == "ok" => ok.push("CRI loaded".to_string()),
             Some(p) => findings.push(Check::fail(
                 NAME,
-                format!("CRI did not load (status {:?}): Kubernetes cannot pull or run anything", p.status),
-                "see containerd's log for the CRI plugin's error (often a bad [plugins] value)",
+                format!(
+                    "CRI did not load ({}): Kubernetes cannot pull or run anything",
+                    p.init_error.as_deref().unwrap_or("no reason given")
+                ),
+                "fix what containerd says (often a bad [plugins] value), then restart containerd",
             )),
             None => findings.push(Check::warn(NAME, "the running containerd has no CRI plugin, though its config enables it", restart)),
         }
@@ -270,9 +251,6 @@ mod tests {
         assert_eq!(Version::parse("v2.0.0"), Some(Version { major: 2, minor: 0, patch: 0 }));
         assert_eq!(Version::parse("2.1.3-rc.1"), Some(Version { major: 2, minor: 1, patch: 3 }));
         assert_eq!(Version::parse("github.com/containerd/containerd"), None);
-        let ctr = "Client:\n  Version:  1.6.20~ds1\n\nServer:\n  Version:  1.7.24\n  Revision: x\n";
-        assert_eq!(server_version(ctr).as_deref(), Some("1.7.24"));
-        assert_eq!(server_version("Client:\n  Version:  1.6.20\n"), None);
         let bin = "containerd github.com/containerd/containerd/v2 v2.0.0 207ad711eabd375a01713109a8a197d197ff6542\n";
         assert_eq!(binary_version(bin).as_deref(), Some("v2.0.0"));
     }
@@ -305,11 +283,8 @@ mod tests {
 
     #[test]
     fn plugins_show_a_config_edited_without_a_restart() {
-        let listed = "TYPE                            ID       PLATFORMS      STATUS\n\
-                      io.containerd.snapshotter.v1    ferry    -              ok\n\
-                      io.containerd.grpc.v1           cri      linux/amd64    ok\n";
-        let plugins = parse_plugins(listed);
-        assert_eq!(plugins[0], Plugin { kind: "io.containerd.snapshotter.v1".into(), id: "ferry".into(), status: "ok".into() });
+        let plugin = |kind: &str, id: &str| Plugin { kind: kind.into(), id: id.into(), init_error: None };
+        let plugins = vec![plugin("io.containerd.snapshotter.v1", "ferry"), plugin("io.containerd.grpc.v1", "cri")];
         let text = "version = 2\n[proxy_plugins.ferry]\ntype = \"snapshot\"\naddress = \"/run/ferry/snapshotter.sock\"\n";
         let (cfg, _) = ContainerdConfig::parse(text).expect("parses");
         let ferry = crate::doctor::tests::ferry();
@@ -319,7 +294,10 @@ mod tests {
         let check = plugins_check(&cfg, &stale, &ferry);
         assert_eq!(check.status, Status::Fail);
         assert!(check.fix.as_deref().is_some_and(|f| f.contains("restart containerd")), "{check:?}");
-        let cri_broken = Live { plugins: Some(vec![plugins[0].clone(), Plugin { status: "error".into(), ..plugins[1].clone() }]), ..live };
+        let cri_broken = Live {
+            plugins: Some(vec![plugins[0].clone(), Plugin { init_error: Some("failed to load cri".into()), ..plugins[1].clone() }]),
+            ..live
+        };
         assert_eq!(plugins_check(&cfg, &cri_broken, &ferry).status, Status::Fail);
     }
 }

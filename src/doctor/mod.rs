@@ -7,7 +7,7 @@
 //!
 //! Each group of checks has its own module. What decides a check's outcome is a pure function of
 //! parsed input (a containerd TOML, a hosts.toml, `/proc/filesystems`, disk numbers), unit-tested
-//! without I/O; the I/O (reading files, running `ctr`, probing sockets and URLs, each with a
+//! without I/O; the I/O (reading files, asking containerd over its socket, probing URLs, each with a
 //! timeout) happens in `run` and in the modules' `gather`/`probe` functions.
 
 mod containerd;

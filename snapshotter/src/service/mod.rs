@@ -38,13 +38,25 @@ pub mod api {
                     tonic::include_proto!("containerd.services.diff.v1");
                 }
             }
+            pub mod version {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.version.v1");
+                }
+            }
+            pub mod introspection {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.introspection.v1");
+                }
+            }
         }
     }
     pub use containerd::services::content::v1 as content;
     pub use containerd::services::diff::v1 as diff;
     pub use containerd::services::images::v1 as images;
+    pub use containerd::services::introspection::v1 as introspection;
     pub use containerd::services::leases::v1 as leases;
     pub use containerd::services::snapshots::v1 as snapshots;
+    pub use containerd::services::version::v1 as version;
     pub use containerd::types;
 }
 
