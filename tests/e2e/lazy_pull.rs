@@ -27,7 +27,7 @@ async fn node_and_containerd(registry: &Registry, work: &std::path::Path, prefet
 }
 
 /// A registry holding a busybox image with `files` as `REPO:src`, and converted as `REPO:chunked`.
-async fn converted_busybox(work: &std::path::Path, marker: &str, files: &[(&str, &[u8])], repo: &str) -> Registry {
+pub(crate) async fn converted_busybox(work: &std::path::Path, marker: &str, files: &[(&str, &[u8])], repo: &str) -> Registry {
     let registry = Registry::plain().await;
     let image = build_busybox_with(work, marker, files);
     push(&image, &registry, &format!("{repo}:src"));
@@ -42,7 +42,7 @@ fn convert(src: &str, dst: &str) {
 }
 
 /// `ferry pull --output json`; returns each layer's outcome.
-fn ferry_pull(ferry: &FerryNode, containerd: &Containerd, image: &str) -> Vec<String> {
+pub(crate) fn ferry_pull(ferry: &FerryNode, containerd: &Containerd, image: &str) -> Vec<String> {
     let out = run_cmd(
         Command::new(FERRY_BIN)
             .args(["pull", image, "--registry-listen", &ferry.registry_addr, "--output", "json"])
@@ -55,7 +55,7 @@ fn ferry_pull(ferry: &FerryNode, containerd: &Containerd, image: &str) -> Vec<St
     report["layers"].as_array().expect("layers").iter().map(|l| l["outcome"].as_str().expect("outcome").to_string()).collect()
 }
 
-fn run(containerd: &Containerd, image: &str, id: &str, cmd: &[&str]) -> String {
+pub(crate) fn run(containerd: &Containerd, image: &str, id: &str, cmd: &[&str]) -> String {
     containerd.run_with(image, id, cmd, Some("ferry")).unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()))
 }
 
@@ -111,7 +111,7 @@ async fn a_converted_image_runs_after_fetching_a_small_part_of_its_layer() {
 }
 
 /// `(digest, size)` of each layer of `repo:tag`, read from the registry.
-async fn registry_layers(registry: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
+pub(crate) async fn registry_layers(registry: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
     let manifest = get_json(&manifest_url(&registry.url(), repo, tag)).await;
     manifest["layers"]
         .as_array()

@@ -15,6 +15,8 @@
 //! package to install.
 //! `doctor` runs `ferry doctor` against a CRI-enabled sandboxed containerd and a running node,
 //! then against broken variants of containerd's config and certs.d.
+//! `gc_lazy` evicts a mounted lazy layer's blob from a small store while a reader is in its
+//! files: every read still returns the right bytes.
 
 mod harness;
 
@@ -27,6 +29,7 @@ mod corruption;
 mod crash;
 mod disk_full;
 mod doctor;
+mod gc_lazy;
 mod harness_checks;
 mod lazy_fs;
 mod lazy_pull;
