@@ -486,9 +486,14 @@ impl Store {
         Ok(Some(p))
     }
 
-    /// The partial blob for `d`, if there is one.
+    /// The partial blob for `d`, if there is one. Asking for it counts as a use: of the partial
+    /// blobs nobody holds, the least recently asked for is evicted first (a lazy layer read
+    /// range by range is asked for at each read, so the layers being read go last).
     pub fn partial(&self, d: &Digest) -> Option<Arc<Partial>> {
-        self.inner.lock().partial.get(d).cloned()
+        let mut st = self.inner.lock();
+        let p = st.partial.get(d).cloned()?;
+        st.partial_access.insert(*d, SystemTime::now());
+        Some(p)
     }
 
     /// The blobs being filled now.

@@ -189,6 +189,26 @@ fn eviction_is_lru_and_spares_held_blobs() {
 }
 
 #[test]
+fn a_partial_blob_being_read_is_evicted_after_one_nobody_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StoreConfig { capacity: 10 * PIECE_SIZE, high_watermark: 0.9, low_watermark: 0.8 };
+    let store = Store::open(dir.path(), cfg).expect("open");
+    let (read, unread) = (Digest::of(b"a lazy layer being read"), Digest::of(b"a layer nobody reads"));
+    drop(store.begin(&read, 2 * PIECE_SIZE).expect("begin"));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    drop(store.begin(&unread, 2 * PIECE_SIZE).expect("begin"));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // The older one is read (each of a lazy layer's range reads asks for its partial).
+    drop(store.partial(&read).expect("partial"));
+    // 10 pieces > 9: one 2-piece partial goes, down to 8.
+    let big = blob(6 * PIECE_SIZE as usize, 3);
+    store.put(&Digest::of(&big), &big).expect("put");
+    assert!(matches!(store.state(&read), BlobState::Partial { .. }), "the partial being read stays");
+    assert_eq!(store.state(&unread), BlobState::Absent, "the one nobody read goes first");
+    assert_eq!(store.usage().evicted_blobs, 1);
+}
+
+#[test]
 fn a_put_during_a_fill_keeps_its_leases_and_counts_the_bytes_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = StoreConfig { capacity: 6 * PIECE_SIZE, high_watermark: 0.9, low_watermark: 0.5 };
