@@ -25,6 +25,10 @@ use crate::Error;
 /// The label containerd puts on a layer's Prepare: the name the snapshot will be committed as.
 pub const TARGET_LABEL: &str = "containerd.io/snapshot.ref";
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// A range read the mirror failed for a passing reason (refused or dropped connection, a 5xx
+/// answer: the node's own fetch failed) is tried again after each of these; a container sees
+/// the error only after the last.
+const RETRY_AFTER: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 
 /// Where lazy layers' bytes come from.
 #[derive(Clone)]
@@ -96,6 +100,50 @@ impl ReadAt for MirrorBlob {
         if buf.is_empty() {
             return Ok(());
         }
+        let mut waits = RETRY_AFTER.iter();
+        loop {
+            match self.read_once(buf, offset) {
+                Err(e) if passing(&e) => match waits.next() {
+                    Some(wait) => {
+                        tracing::debug!(digest = %self.record.digest, offset, error = %e, "range read failed; trying again");
+                        std::thread::sleep(*wait);
+                    }
+                    None => return Err(e),
+                },
+                done => return done,
+            }
+        }
+    }
+}
+
+/// What the mirror answered instead of 206 Partial Content.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    line: String,
+    range: String,
+    digest: Digest,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the mirror answered {:?} for bytes {} of {}", self.line, self.range, self.digest)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a failed read may well work when tried again.
+fn passing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Refused>()) {
+        Some(refused) => refused.status >= 500,
+        None => matches!(e.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof),
+    }
+}
+
+impl MirrorBlob {
+    fn read_once(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let r = &self.record;
         let end = offset + buf.len() as u64 - 1;
         let mut stream = TcpStream::connect_timeout(&self.mirror, TIMEOUT)?;
@@ -108,9 +156,13 @@ impl ReadAt for MirrorBlob {
         )?;
         let mut reader = BufReader::new(stream);
         let mut status = String::new();
-        reader.read_line(&mut status)?;
-        if status.split_whitespace().nth(1) != Some("206") {
-            return Err(std::io::Error::other(format!("the mirror answered {:?} for bytes {offset}-{end} of {}", status.trim(), r.digest)));
+        if reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the mirror closed the connection without an answer"));
+        }
+        let code = status.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+        if code != 206 {
+            let refused = Refused { status: code, line: status.trim().to_string(), range: format!("{offset}-{end}"), digest: r.digest };
+            return Err(std::io::Error::other(refused));
         }
         let mut len: Option<u64> = None;
         loop {
@@ -128,5 +180,70 @@ impl ReadAt for MirrorBlob {
             return Err(std::io::Error::other(format!("the mirror sent {len:?} bytes for a {}-byte range", buf.len())));
         }
         reader.read_exact(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A mirror that gives each connection the next of `answers` (`None`: close at once), and
+    /// counts them.
+    fn mirror(answers: Vec<Option<&'static str>>) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let thread = std::thread::spawn(move || {
+            let mut served = 0;
+            for answer in answers {
+                let (stream, _) = listener.accept().expect("accept");
+                served += 1;
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).expect("read") > 2 {
+                    line.clear();
+                }
+                if let Some(text) = answer {
+                    (&stream).write_all(text.as_bytes()).expect("answer");
+                }
+            }
+            served
+        });
+        (addr, thread)
+    }
+
+    fn blob(mirror: SocketAddr) -> MirrorBlob {
+        let record = LayerRecord {
+            digest: Digest::of(b"a layer"),
+            size: 100,
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            annotations: BTreeMap::new(),
+            registry: "registry.local".into(),
+            repo: "test/lazy".into(),
+        };
+        MirrorBlob { mirror, record, verified: None }
+    }
+
+    const BYTES: &str = "HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\n\r\nabcd";
+
+    #[test]
+    fn a_passing_failure_is_tried_again_and_a_refusal_is_not() {
+        let (addr, served) = mirror(vec![Some("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"), None, Some(BYTES)]);
+        let mut buf = [0u8; 4];
+        blob(addr).read_at(&mut buf, 10).expect("read after two failures");
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(served.join().expect("mirror"), 3);
+
+        let (addr, served) = mirror(vec![Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")]);
+        let err = blob(addr).read_at(&mut buf, 10).expect_err("not there");
+        assert!(err.to_string().contains("404"), "{err}");
+        assert_eq!(served.join().expect("mirror"), 1, "a 404 is not asked again");
+
+        let (addr, served) = mirror(vec![Some("HTTP/1.1 502 Bad Gateway\r\n\r\n"); 3]);
+        let err = blob(addr).read_at(&mut buf, 10).expect_err("still failing");
+        assert!(err.to_string().contains("502"), "{err}");
+        assert_eq!(served.join().expect("mirror"), 3, "tried three times in all");
     }
 }
