@@ -15,6 +15,8 @@
 //! package to install.
 //! `doctor` runs `ferry doctor` against a CRI-enabled sandboxed containerd and a running node,
 //! then against broken variants of containerd's config and certs.d.
+//! `pod` runs the node as the DaemonSet's pod would run (privileged, host network, the store with
+//! shared propagation) in a container of the sandboxed containerd, serving it lazy layers.
 //! `gc_lazy` evicts a mounted lazy layer's blob from a small store while a reader is in its
 //! files: every read still returns the right bytes.
 
@@ -39,6 +41,7 @@ mod offline;
 mod operations;
 mod p2p;
 mod p2p_site;
+mod pod;
 mod prewarm;
 mod prewarm_apply;
 mod prewarm_live;

@@ -230,7 +230,8 @@ impl Containerd {
         }
     }
 
-    fn unmount_all(path: &Path) {
+    /// Unmounts (lazily) every mount at or below `path`, deepest first.
+    pub fn unmount_all(path: &Path) {
         let prefix = path.to_string_lossy().to_string();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut mounts: Vec<String> =
