@@ -11,12 +11,21 @@ use toml::Value;
 use super::Check;
 
 /// Finds and evaluates the hosts.toml containerd would use for `registry`
-/// (`<certs>/<registry>/hosts.toml`, else `<certs>/_default/hosts.toml`).
-pub fn check(certs_dir: &Path, registry: &str, mirror: SocketAddr) -> Check {
+/// (`<certs>/<registry>/hosts.toml`, else `<certs>/_default/hosts.toml`). `node_writes`: the
+/// node keeps these files itself (`registry.containerd_hosts` is this folder), so a missing one
+/// means the node is not running, which containerd survives.
+pub fn check(certs_dir: &Path, registry: &str, mirror: SocketAddr, node_writes: bool) -> Check {
     let name = format!("hosts.{registry}");
     let own = certs_dir.join(registry).join("hosts.toml");
     let path = [own.clone(), certs_dir.join("_default").join("hosts.toml")].into_iter().find(|p| p.is_file());
     let Some(path) = path else {
+        if node_writes {
+            return Check::warn(
+                name,
+                format!("no {}: the node writes it when it starts and takes it out when it stops, so containerd pulls {registry} straight from the registry until the node runs", own.display()),
+                "start the node",
+            );
+        }
         return Check::fail(
             name,
             format!("no {}: containerd pulls {registry} straight from the registry, not through the node", own.display()),
@@ -182,10 +191,16 @@ mod tests {
     fn bad_toml_and_missing_files_fail() {
         assert_eq!(eval("[host.\"http://127.0.0.1:5050\"\n").status, Status::Fail);
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = check(dir.path(), "reg.local", MIRROR.parse().expect("addr"));
+        let c = check(dir.path(), "reg.local", MIRROR.parse().expect("addr"), false);
         assert_eq!(c.status, Status::Fail);
+        let c = check(dir.path(), "reg.local", MIRROR.parse().expect("addr"), true);
+        assert_eq!(c.status, Status::Warn, "the node writes it when it runs: {c:?}");
         std::fs::create_dir_all(dir.path().join("_default")).expect("mkdir");
         std::fs::write(dir.path().join("_default/hosts.toml"), "[host.\"http://127.0.0.1:5050\"]\n").expect("write");
-        assert_eq!(check(dir.path(), "reg.local", MIRROR.parse().expect("addr")).status, Status::Ok, "containerd's _default applies");
+        assert_eq!(
+            check(dir.path(), "reg.local", MIRROR.parse().expect("addr"), false).status,
+            Status::Ok,
+            "containerd's _default applies"
+        );
     }
 }

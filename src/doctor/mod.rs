@@ -108,6 +108,8 @@ pub struct Ferry {
     /// `store.capacity` as written (`80%`, `500GiB`).
     pub capacity: String,
     pub high_watermark: f64,
+    /// containerd's certs.d folder when the node keeps its hosts.toml files there itself.
+    pub containerd_hosts: Option<PathBuf>,
     /// Doctor runs in a Kubernetes pod (`KUBERNETES_SERVICE_HOST` is set), as in `kubectl exec`
     /// into the DaemonSet's: the node then is a container of the containerd it serves.
     pub in_pod: bool,
@@ -174,8 +176,9 @@ async fn diagnose(args: &DoctorArgs) -> Vec<Check> {
     let snapshotter_on = ferry.as_ref().is_none_or(|f| f.snapshotter_socket.is_some());
     checks.extend(fuse::gather(snapshotter_on));
     let Some(ferry) = ferry else { return checks };
+    let node_writes = ferry.containerd_hosts.as_deref() == Some(paths.certs_dir.as_path());
     for (host, _) in &ferry.upstreams {
-        checks.push(hosts::check(&paths.certs_dir, host, ferry.registry_listen));
+        checks.push(hosts::check(&paths.certs_dir, host, ferry.registry_listen, node_writes));
     }
     let status = node::status(&ferry.admin_socket).await;
     checks.extend(ports::gather(&ferry, status.as_ref()).await);
@@ -198,6 +201,7 @@ fn load_ferry(args: &DoctorArgs) -> Result<Ferry> {
         store_path: s.store_path,
         capacity: file.store.capacity.clone(),
         high_watermark: file.store.high_watermark,
+        containerd_hosts: s.containerd_hosts,
         in_pod: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
     })
 }
@@ -247,6 +251,7 @@ pub(crate) mod tests {
             store_path: "/var/lib/ferry".into(),
             capacity: "80%".into(),
             high_watermark: 0.9,
+            containerd_hosts: None,
             in_pod: false,
         }
     }
