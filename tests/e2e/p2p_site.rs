@@ -89,16 +89,40 @@ fn pull_all_at_once(site: &Site, nodes: &[&SiteNode], image: &Image) {
     });
 }
 
+/// A site of `nodes` namespaces behind a `wan` link, its origin holding an image (see
+/// [`push_image`]), and the site's cluster key (in `keys`, with any other key a test makes).
+struct Setup {
+    site: Site,
+    origin: Registry,
+    image: Image,
+    keys: tempfile::TempDir,
+    key: std::path::PathBuf,
+}
+
+async fn setup(nodes: usize, wan: WanShape, seed: u64, layer_mib: &[usize]) -> Setup {
+    let site = Site::new(nodes, wan);
+    let origin = Registry::plain_in(&site, "origin").await;
+    let image = push_image(&site, &origin, seed, layer_mib);
+    let keys = temp_dir("p2p-key");
+    let key = cluster_key(keys.path(), "site.key");
+    Setup { site, origin, image, keys, key }
+}
+
+/// Waits (30 s) until each of `nodes` has `peers` peers.
+fn wait_connected(site: &Site, nodes: &[&SiteNode], peers: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while nodes.iter().any(|n| n.peer_count() < peers) {
+        assert!(std::time::Instant::now() < deadline, "the nodes did not connect:\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Four nodes pulling a 40 MiB image at once fetch it about once from the origin (the fifth, idle,
 /// fetches its share of the segments for them); the fifth pulling later fetches nothing from the
 /// origin: the rest comes from its peers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_site_pulls_an_image_across_the_wan_about_once() {
-    let site = Site::new(5, WanShape::mbit(100));
-    let origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 1, &[32, 8]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
+    let Setup { site, origin, image, keys: _keys, key } = setup(5, WanShape::mbit(100), 1, &[32, 8]).await;
     let nodes = start_nodes(&site, &origin, &key, 5, |_| vec![]);
     let first_four: Vec<&SiteNode> = nodes[..4].iter().collect();
     pull_all_at_once(&site, &first_four, &image);
@@ -128,20 +152,12 @@ async fn a_site_pulls_an_image_across_the_wan_about_once() {
 /// another region, every byte comes from the same-region one.
 #[tokio::test(flavor = "multi_thread")]
 async fn peers_of_the_same_region_are_preferred() {
-    let site = Site::new(3, WanShape::mbit(200));
-    let origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 5, &[9]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
+    let Setup { site, origin, image, keys: _keys, key } = setup(3, WanShape::mbit(200), 5, &[9]).await;
     let near = SiteNode::start(&site, 0, &origin, &key, None, &[]);
     let boot = Some(near.address(&site));
     let far = SiteNode::start_in_region(&site, 2, &origin, &key, boot.clone(), &[], "far");
     let asker = SiteNode::start(&site, 1, &origin, &key, boot, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while [&near, &far, &asker].iter().any(|n| n.peer_count() < 2) {
-        assert!(std::time::Instant::now() < deadline, "the three nodes did not connect:\n{}", site.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_connected(&site, &[&near, &far, &asker], 2);
     pull(&site, &near, &image);
     pull(&site, &far, &image);
     pull(&site, &asker, &image);
@@ -161,22 +177,14 @@ async fn peers_of_the_same_region_are_preferred() {
 /// zone, every peer byte comes from the same-zone one.
 #[tokio::test(flavor = "multi_thread")]
 async fn peers_of_the_same_zone_are_asked_first() {
-    let site = Site::new(3, WanShape::mbit(200));
-    let origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 5, &[9]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
+    let Setup { site, origin, image, keys: _keys, key } = setup(3, WanShape::mbit(200), 5, &[9]).await;
     let near = SiteNode::start(&site, 0, &origin, &key, None, &[("FERRY_ZONE", "rack-1")]);
     let boot = Some(near.address(&site));
     let other = SiteNode::start(&site, 2, &origin, &key, boot.clone(), &[("FERRY_ZONE", "rack-2")]);
     pull(&site, &near, &image);
     pull(&site, &other, &image);
     let asker = SiteNode::start(&site, 1, &origin, &key, boot, &[("FERRY_ZONE", "rack-1")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while [&near, &other, &asker].iter().any(|n| n.peer_count() < 2) {
-        assert!(std::time::Instant::now() < deadline, "the three nodes did not connect:\n{}", site.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_connected(&site, &[&near, &other, &asker], 2);
     pull(&site, &asker, &image);
     let status = asker.status().expect("status");
     assert_eq!(status["p2p"]["zone"], "rack-1", "{status}");
@@ -194,11 +202,7 @@ async fn peers_of_the_same_zone_are_asked_first() {
 /// the right digests (its pieces come from the origin or from the survivors).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
-    let site = Site::new(4, WanShape::mbit(40));
-    let origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 2, &[48]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
+    let Setup { site, origin, image, keys: _keys, key } = setup(4, WanShape::mbit(40), 2, &[48]).await;
     let mut nodes = start_nodes(&site, &origin, &key, 4, |_| vec![]);
     let victim = nodes.pop().expect("node 3");
     std::thread::scope(|s| {
@@ -224,11 +228,7 @@ async fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
 /// digest (the bad pieces are refetched from the origin) and the liar is banned.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poisoned_peer_is_caught_and_banned() {
-    let site = Site::new(3, WanShape::mbit(200));
-    let origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 3, &[12]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
+    let Setup { site, origin, image, keys: _keys, key } = setup(3, WanShape::mbit(200), 3, &[12]).await;
     let nodes =
         start_nodes(&site, &origin, &key, 3, |i| if i == 0 { vec![("FERRY_TEST_FAULT_CORRUPT_SERVED_PIECES", "1")] } else { vec![] });
     pull(&site, &nodes[0], &image);
@@ -248,12 +248,8 @@ async fn a_poisoned_peer_is_caught_and_banned() {
 /// cluster key gets nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_origin_gone_the_site_serves_itself_and_outsiders_get_nothing() {
-    let site = Site::new(5, WanShape::mbit(200));
-    let mut origin = Registry::plain_in(&site, "origin").await;
-    let image = push_image(&site, &origin, 4, &[10, 3]);
-    let work = temp_dir("p2p-key");
-    let key = cluster_key(work.path(), "site.key");
-    let other_key = cluster_key(work.path(), "other.key");
+    let Setup { site, mut origin, image, keys, key } = setup(5, WanShape::mbit(200), 4, &[10, 3]).await;
+    let other_key = cluster_key(keys.path(), "other.key");
     let nodes = start_nodes(&site, &origin, &key, 4, |_| vec![]);
     pull(&site, &nodes[0], &image);
     origin.kill();
