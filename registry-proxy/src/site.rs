@@ -6,7 +6,9 @@
 //!    then the fewest failures ([`site::rank`]); a request not answered in [`HEDGE_AFTER`] is repeated to the next holder;
 //! 2. else the piece's *owner*: the member of the site (this node and its connected same-region
 //!    peers) that [`site::owner`] picks for the piece's segment, asked with an origin hint; it
-//!    fetches the segment from the origin if nobody there has, and the asker waits (`NotYet`);
+//!    fetches the segment from the origin if nobody there has, and the asker waits (`NotYet`).
+//!    If the owner fails (it died), the owner the segment has without it, likewise: every node
+//!    computes the same one, so a dead node's segments still cross the WAN once, not per node;
 //! 3. else, and for pieces this node owns or that no peer delivered within half the piece timeout,
 //!    the origin, contiguous pieces in one range request.
 //!
@@ -91,12 +93,13 @@ pub(crate) struct SiteFill {
 struct Job {
     piece: u32,
     candidates: Vec<PeerId>,
-    /// How many of the candidates hold the piece now (the rest is the owner, still fetching it).
+    /// How many of the candidates hold the piece now (the rest are its segment's owner and the
+    /// owner after it, asked to fetch it).
     holders: usize,
 }
 
 impl Job {
-    /// Whether candidate `k` is the piece's owner, asked with the origin hint.
+    /// Whether candidate `k` is one of the piece's owners, asked with the origin hint.
     fn is_owner(&self, k: usize) -> bool {
         k >= self.holders
     }
@@ -201,9 +204,16 @@ impl SiteFill {
             }
             let mut candidates: Vec<PeerId> = holding.iter().map(|p| p.id).collect();
             let holders = candidates.len();
-            let owner = *site::owner(&d, site::segment_of(piece), &members).unwrap_or(&me);
+            let segment = site::segment_of(piece);
+            let owner = *site::owner(&d, segment, &members).unwrap_or(&me);
             if owner != me && !candidates.contains(&owner) {
                 candidates.push(owner);
+                // Should the owner fail (a node that died), the segment's next owner, as every
+                // node of the site computes it without the dead one: one origin fetch, not one per node.
+                let next = site::owner(&d, segment, members.iter().filter(|m| **m != owner));
+                if let Some(&next) = next.filter(|n| **n != me && !candidates.contains(n)) {
+                    candidates.push(next);
+                }
             }
             if candidates.is_empty() {
                 mine.push(piece);

@@ -199,7 +199,8 @@ async fn peers_of_the_same_zone_are_asked_first() {
 }
 
 /// A node killed with -9 in the middle of a simultaneous pull: the others still complete with
-/// the right digests (its pieces come from the origin or from the survivors).
+/// the right digests, and the segments it owned cross the WAN about once more at most (each
+/// passes to the segment's next owner).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
     let Setup { site, origin, image, keys: _keys, key } = setup(4, WanShape::mbit(40), 2, &[48]).await;
@@ -221,7 +222,9 @@ async fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
     origin.settle_log().await;
     let bytes = origin_blob_bytes(&origin);
     eprintln!("with a node killed: {bytes} origin bytes for {} ({:.2}x)", image.blob_bytes(), bytes as f64 / image.blob_bytes() as f64);
-    assert!((bytes as f64) < 2.0 * image.blob_bytes() as f64, "the survivors refetched far too much from the origin");
+    // The dead node's segments pass to one next owner each: what it had fetched is lost, not
+    // fetched again by every survivor.
+    assert!((bytes as f64) < 1.25 * image.blob_bytes() as f64, "the survivors refetched far too much from the origin");
 }
 
 /// A peer that corrupts every piece it serves: the others' pulls still complete with the right
