@@ -134,31 +134,43 @@ fn is_ferrys(bytes: &[u8]) -> bool {
     bytes.starts_with(MARK.as_bytes())
 }
 
-/// Writes DIR/<host>/hosts.toml, keeping an operator's file that was there as [`ORIGINAL`].
+/// Writes DIR/<host>/hosts.toml, keeping an operator's file that was there as [`ORIGINAL`]. At
+/// every moment a hosts.toml is there, the operator's or Ferry's: the operator's is kept by a
+/// second link, then Ferry's is renamed over it.
 pub fn apply(dir: &Path, host: &str, text: &str) -> Result<(PathBuf, Applied)> {
     let folder = dir.join(host);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let (path, original) = (folder.join("hosts.toml"), folder.join(ORIGINAL));
-    let done = match std::fs::read(&path) {
+    let (done, keep) = match std::fs::read(&path) {
         Ok(old) if old == text.as_bytes() => return Ok((path, Applied::Unchanged)),
-        Ok(old) if is_ferrys(&old) => Applied::Wrote,
-        Ok(_) if original.exists() => bail!(
-            "{} is not Ferry's, and {} already holds the file Ferry replaced earlier: keep one of them \
-             (as hosts.toml, removing the other), then apply again",
-            path.display(),
-            original.display()
-        ),
-        Ok(_) => {
-            std::fs::rename(&path, &original).with_context(|| format!("keeping {} as {}", path.display(), original.display()))?;
-            Applied::Replaced
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::Wrote,
+        Ok(old) if is_ferrys(&old) => (Applied::Wrote, false),
+        Ok(old) => match std::fs::read(&original) {
+            // Kept already (an apply stopped before it wrote Ferry's file).
+            Ok(kept) if kept == old => (Applied::Replaced, false),
+            Ok(_) => bail!(
+                "{} is not Ferry's, and {} already holds the file Ferry replaced earlier: keep one of them \
+                 (as hosts.toml, removing the other), then apply again",
+                path.display(),
+                original.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Applied::Replaced, true),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", original.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Applied::Wrote, false),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let tmp = folder.join(".hosts.toml.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok((path, done))
+    let written = std::fs::write(&tmp, text)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| match keep {
+            true => std::fs::hard_link(&path, &original).with_context(|| format!("keeping {} as {}", path.display(), original.display())),
+            false => Ok(()),
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| (path, done))
 }
 
 /// Takes Ferry's hosts.toml files out of DIR: of every registry, or of `only` these.

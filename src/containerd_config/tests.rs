@@ -81,6 +81,36 @@ fn a_file_someone_wrote_over_ferrys_is_neither_replaced_nor_lost() {
 }
 
 #[test]
+fn an_apply_stopped_after_keeping_the_original_is_finished_by_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("reg.local");
+    std::fs::create_dir(&folder).expect("mkdir");
+    // kill -9 between keeping the operator's file and renaming Ferry's over it.
+    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    std::fs::hard_link(folder.join("hosts.toml"), folder.join(ORIGINAL)).expect("kept");
+    std::fs::write(folder.join(".hosts.toml.tmp"), "half").expect("a torn temp file");
+    assert_eq!(apply(dir.path(), "reg.local", &ours("http://a")).expect("apply").1, Applied::Replaced);
+    assert!(std::fs::read_to_string(folder.join("hosts.toml")).expect("read").starts_with(MARK));
+    assert_eq!(listing(dir.path()), ["reg.local", "reg.local/hosts.toml", "reg.local/hosts.toml.ferry-orig"]);
+    restore(dir.path(), None).expect("restore");
+    assert_eq!(std::fs::read(folder.join("hosts.toml")).expect("put back"), OPERATORS);
+}
+
+#[test]
+fn a_failed_write_leaves_the_operators_file_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("reg.local");
+    std::fs::create_dir(&folder).expect("mkdir");
+    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    // The temp file's name is taken by a folder: the write fails before anything changed.
+    std::fs::create_dir(folder.join(".hosts.toml.tmp")).expect("mkdir");
+    let err = apply(dir.path(), "reg.local", &ours("http://a")).expect_err("cannot write");
+    assert!(format!("{err:#}").contains(".hosts.toml.tmp"), "{err:#}");
+    assert_eq!(std::fs::read(folder.join("hosts.toml")).expect("still there"), OPERATORS);
+    assert!(!folder.join(ORIGINAL).exists());
+}
+
+#[test]
 fn the_original_comes_back_when_ferrys_file_was_removed_by_hand() {
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = dir.path().join("reg.local");
