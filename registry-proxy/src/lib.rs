@@ -82,6 +82,9 @@ pub async fn run(
         let dir = store.root().join("prewarm");
         Arc::new(prewarm::Orders::new(p, dir, swarm.clone(), metrics.clone(), tasks.clone(), cancel.clone()))
     });
+    if let Some(o) = &prewarm_orders {
+        o.resume();
+    }
     if let (Some(o), Some(inbound)) = (&prewarm_orders, prewarm_inbound) {
         tasks.spawn(o.clone().serve_peers(inbound, cancel.clone()));
     }

@@ -10,7 +10,9 @@
 //!
 //! Invariants: nothing is fetched for an order that failed verification or was seen before;
 //! seen ids are on disk before an order is accepted, so a restarted node refuses replays too; the
-//! book of orders is bounded.
+//! book of orders is bounded. An accepted order is kept on disk (`active/`, as it was signed)
+//! until it is done or has failed, so one cut short by a restart or `kill -9` is taken up again
+//! when the node starts — if it still verifies then (a trusted key, this node, not expired).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,6 +101,8 @@ pub struct Orders {
     swarm: Option<p2p_node::swarm::Client>,
     metrics: Arc<Metrics>,
     seen_path: PathBuf,
+    /// Accepted orders not yet ended, one file each, as signed.
+    active_dir: PathBuf,
     /// Order id → when it expires; kept (on disk too) until then.
     seen: Mutex<BTreeMap<String, u64>>,
     book: Mutex<BTreeMap<String, Entry>>,
@@ -108,7 +112,8 @@ pub struct Orders {
 }
 
 impl Orders {
-    /// The orders of a node whose state lives under `dir` (seen ids in `dir/seen.json`).
+    /// The orders of a node whose state lives under `dir` (seen ids in `dir/seen.json`, orders
+    /// under way in `dir/active/`).
     pub fn new(
         settings: PrewarmSettings,
         dir: PathBuf,
@@ -130,6 +135,7 @@ impl Orders {
             swarm,
             metrics,
             seen_path,
+            active_dir: dir.join("active"),
             seen: Mutex::new(seen),
             book: Mutex::new(BTreeMap::new()),
             one_at_a_time: Arc::new(Semaphore::new(1)),
@@ -142,6 +148,43 @@ impl Orders {
         &self.settings.node_name
     }
 
+    /// Takes up the orders a stopped or killed node had accepted and not ended; drops the ones
+    /// that no longer verify (expired, or their key is no longer trusted).
+    pub fn resume(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(&self.active_dir) else { return };
+        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let signed = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<SignedOrder>(&b).map_err(|e| e.to_string()));
+            let checked = signed
+                .and_then(|s| s.verify(&self.settings.operator_keys, &self.settings.node_name, unix_now()).map_err(|e| e.to_string()));
+            match checked {
+                Ok(order) => {
+                    tracing::info!(id = %order.id, image = %order.image, "taking up a prewarm order the node had not finished");
+                    self.metrics.prewarm_order("resumed");
+                    self.start(order);
+                }
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), %why, "dropping an unfinished prewarm order");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    /// Where an accepted order waits for its end (named by a hash: ids are the operator's text).
+    fn active_path(&self, id: &str) -> PathBuf {
+        self.active_dir.join(format!("{}.json", p2p_node::Digest::of(id.as_bytes()).hex()))
+    }
+
+    fn keep_active(&self, signed: &SignedOrder, id: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.active_dir)?;
+        let path = self.active_path(id);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(signed)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+
     /// Checks an order for this node and, if it holds, starts carrying it out.
     pub fn accept(self: &Arc<Self>, signed: &SignedOrder, from: &str) -> Result<(), Refusal> {
         let result = self.check(signed);
@@ -149,6 +192,9 @@ impl Orders {
             Ok(order) => {
                 tracing::info!(id = %order.id, image = %order.image, wave = order.wave, %from, "accepted a prewarm order");
                 self.metrics.prewarm_order("accepted");
+                if let Err(e) = self.keep_active(signed, &order.id) {
+                    tracing::warn!(id = %order.id, error = %e, "cannot keep the order on disk: a restart before it ends drops it");
+                }
                 self.start(order.clone());
             }
             Err(why) => {
@@ -219,6 +265,10 @@ impl Orders {
                 _ = this.cancel.cancelled() => Err("the node is shutting down".to_string()),
             };
             let secs = started.elapsed().as_secs_f64();
+            // Ended, unless the node is stopping: then the next start takes it up again.
+            if !this.cancel.is_cancelled() {
+                let _ = std::fs::remove_file(this.active_path(&order.id));
+            }
             match result {
                 Ok(()) => {
                     tracing::info!(id = %order.id, image = %order.image, bytes = progress.done_bytes.load(Relaxed), secs, "prewarm order done");

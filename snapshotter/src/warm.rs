@@ -3,8 +3,11 @@
 //!
 //! Order of work: the image's manifest and config; then, for every lazy layer, the chunks it
 //! marks for startup (zstd:chunked prefetch marks, the eStargz landmark), each read and checked
-//! against the layer's TOC; then every layer whole. A layer already complete in the store costs nothing. Bytes
-//! fetched are paced to the order's rate; bytes the store already held are not.
+//! against the layer's TOC; then every layer whole, range by range. A layer already complete in
+//! the store costs nothing. The ranges are paced to the order's rate, and the mirror fetches (from
+//! peers or the origin) only the ranges it is asked for, so the rate is what the order takes of
+//! the node's link: a whole-blob GET would have the mirror fetch at full speed however slowly it
+//! is read.
 //!
 //! Invariants: what is fetched lands in the node's store only through the mirror, which verifies
 //! it (whole blobs by digest; pieces a peer gave stay untrusted in the store until then), and
@@ -18,7 +21,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use p2p_node::layers::LayerRecord;
 use p2p_node::prewarm::warm::{Warm, WarmProgress};
 use p2p_node::store::{BlobState, Store};
@@ -45,6 +47,24 @@ impl Warm for Warmer {
         progress: &'a WarmProgress,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move { self.run(image, rate, progress).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Bytes per range of a layer read whole: one segment, the unit peers and the origin are asked
+/// for.
+const STEP: u64 = 4 << 20;
+/// How long the store may take to verify a layer after its last range.
+const VERIFY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The record the mirror needs to read `layer` of `image` by ranges.
+fn record(image: &ImageRef, layer: &Descriptor) -> LayerRecord {
+    LayerRecord {
+        digest: layer.digest,
+        size: layer.size,
+        media_type: layer.media_type.clone(),
+        annotations: layer.annotations.clone(),
+        registry: image.host.clone(),
+        repo: image.repo.clone(),
     }
 }
 
@@ -82,15 +102,7 @@ impl Warmer {
             if self.complete(layer) {
                 continue;
             }
-            let record = LayerRecord {
-                digest: layer.digest,
-                size: layer.size,
-                media_type: layer.media_type.clone(),
-                annotations: layer.annotations.clone(),
-                registry: image.host.clone(),
-                repo: image.repo.clone(),
-            };
-            let Some((lazy, blob, groups)) = startup_chunks(self.mirror, record).await? else { continue };
+            let Some((lazy, blob, groups)) = startup_chunks(self.mirror, record(&image, layer)).await? else { continue };
             for group in groups {
                 let n = group[0].blob_range.end - group[0].blob_range.start;
                 let (lazy, blob) = (lazy.clone(), blob.clone());
@@ -110,21 +122,41 @@ impl Warmer {
                 progress.done_bytes.fetch_add(layer.size - startup[i], Relaxed);
                 continue;
             }
-            let mut stream = mirror.blob_stream(layer).await?;
-            let mut streamed = 0u64;
-            while let Some(bytes) = stream.next().await {
-                let n = bytes?.len() as u64;
+            let blob = mirror_blob(self.mirror, record(&image, layer));
+            let mut read = 0u64;
+            while read < layer.size {
+                let (offset, n) = (read, STEP.min(layer.size - read));
+                let blob = blob.clone();
+                blocking("reading a layer", move || {
+                    let mut buf = vec![0u8; n as usize];
+                    blob.read_at(&mut buf, offset).map_err(|e| Error::Mirror { what: "a layer range".into(), why: e.to_string() })
+                })
+                .await?;
                 // The startup bytes of this layer were counted already.
-                let counted = streamed.max(startup[i]);
-                streamed += n;
-                progress.done_bytes.fetch_add(streamed.max(startup[i]) - counted, Relaxed);
+                let counted = read.max(startup[i]);
+                read += n;
+                progress.done_bytes.fetch_add(read.max(startup[i]) - counted, Relaxed);
                 pacer.spend(n).await;
             }
-            if streamed != layer.size {
-                return Err(Error::Mirror { what: format!("layer {}", layer.digest), why: format!("{streamed} of {} bytes", layer.size) });
-            }
+            self.verified(layer).await?;
         }
         Ok(())
+    }
+
+    /// Waits for the store to verify a layer whose every range was read (it checks the digest
+    /// of the whole blob once the last piece is in).
+    async fn verified(&self, layer: &Descriptor) -> Result<(), Error> {
+        let deadline = Instant::now() + VERIFY_WITHIN;
+        loop {
+            match self.store.state(&layer.digest) {
+                BlobState::Complete { .. } => return Ok(()),
+                BlobState::Partial { .. } if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                state => {
+                    let why = format!("every range was read, but the store holds it as {state:?}: its bytes did not verify");
+                    return Err(Error::Mirror { what: format!("layer {}", layer.digest), why });
+                }
+            }
+        }
     }
 
     fn complete(&self, layer: &Descriptor) -> bool {

@@ -179,6 +179,11 @@ impl FerryNode {
         }
     }
 
+    /// The flags the next start passes besides the usual ones (a changed config, in effect).
+    pub fn set_extra_args(&mut self, args: Vec<String>) {
+        self.options.extra_args = args;
+    }
+
     /// Stops the node if running (kill -9) and starts it again on the same store.
     pub async fn restart(&mut self) {
         self.kill9();
