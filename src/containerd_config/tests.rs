@@ -6,6 +6,15 @@ fn ours(mirror: &str) -> String {
     hosts_toml("reg.local", "http://127.0.0.1:5000/", mirror)
 }
 
+/// A certs.d with the operator's own `reg.local/hosts.toml`; and that folder.
+fn with_operators_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("reg.local");
+    std::fs::create_dir(&folder).expect("mkdir");
+    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    (dir, folder)
+}
+
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = walk(dir).iter().map(|p| p.strip_prefix(dir).expect("under dir").display().to_string()).collect();
     names.sort();
@@ -45,10 +54,7 @@ fn a_file_that_replaced_nothing_is_removed_with_its_folder() {
 
 #[test]
 fn the_operators_file_is_kept_once_and_put_back_byte_for_byte() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let folder = dir.path().join("reg.local");
-    std::fs::create_dir(&folder).expect("mkdir");
-    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    let (dir, folder) = with_operators_file();
 
     assert_eq!(apply(dir.path(), "reg.local", &ours("http://a")).expect("apply").1, Applied::Replaced);
     assert_eq!(apply(dir.path(), "reg.local", &ours("http://a")).expect("again").1, Applied::Unchanged);
@@ -65,10 +71,7 @@ fn the_operators_file_is_kept_once_and_put_back_byte_for_byte() {
 
 #[test]
 fn a_file_someone_wrote_over_ferrys_is_neither_replaced_nor_lost() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let folder = dir.path().join("reg.local");
-    std::fs::create_dir(&folder).expect("mkdir");
-    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    let (dir, folder) = with_operators_file();
     apply(dir.path(), "reg.local", &ours("http://a")).expect("apply");
     std::fs::write(folder.join("hosts.toml"), "server = \"https://newer\"\n").expect("someone else's");
 
@@ -82,11 +85,8 @@ fn a_file_someone_wrote_over_ferrys_is_neither_replaced_nor_lost() {
 
 #[test]
 fn an_apply_stopped_after_keeping_the_original_is_finished_by_the_next() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let folder = dir.path().join("reg.local");
-    std::fs::create_dir(&folder).expect("mkdir");
     // kill -9 between keeping the operator's file and renaming Ferry's over it.
-    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    let (dir, folder) = with_operators_file();
     std::fs::hard_link(folder.join("hosts.toml"), folder.join(ORIGINAL)).expect("kept");
     std::fs::write(folder.join(".hosts.toml.tmp"), "half").expect("a torn temp file");
     assert_eq!(apply(dir.path(), "reg.local", &ours("http://a")).expect("apply").1, Applied::Replaced);
@@ -98,10 +98,7 @@ fn an_apply_stopped_after_keeping_the_original_is_finished_by_the_next() {
 
 #[test]
 fn a_failed_write_leaves_the_operators_file_in_place() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let folder = dir.path().join("reg.local");
-    std::fs::create_dir(&folder).expect("mkdir");
-    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    let (dir, folder) = with_operators_file();
     // The temp file's name is taken by a folder: the write fails before anything changed.
     std::fs::create_dir(folder.join(".hosts.toml.tmp")).expect("mkdir");
     let err = apply(dir.path(), "reg.local", &ours("http://a")).expect_err("cannot write");
@@ -112,10 +109,7 @@ fn a_failed_write_leaves_the_operators_file_in_place() {
 
 #[test]
 fn the_original_comes_back_when_ferrys_file_was_removed_by_hand() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let folder = dir.path().join("reg.local");
-    std::fs::create_dir(&folder).expect("mkdir");
-    std::fs::write(folder.join("hosts.toml"), OPERATORS).expect("operator's file");
+    let (dir, folder) = with_operators_file();
     apply(dir.path(), "reg.local", &ours("http://a")).expect("apply");
     std::fs::remove_file(folder.join("hosts.toml")).expect("rm");
     assert_eq!(restore(dir.path(), None).expect("restore"), [(folder.join("hosts.toml"), Restored::PutBack)]);
