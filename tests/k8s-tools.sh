@@ -38,4 +38,4 @@ for tool in helm kubectl; do
     mv "$dir/$tool.part" "$dir/$tool"
 done
 "$dir/helm" version --short
-"$dir/kubectl" version --client | head -1
+"$dir/kubectl" version --client
