@@ -200,9 +200,7 @@ pub fn plugins_check(cfg: &ContainerdConfig, live: &Live, ferry: &Ferry) -> Chec
     let restart = "restart containerd: it reads its config only at start";
     let mut findings = Vec::new();
     let mut ok = Vec::new();
-    let name = ferry.snapshotter_socket.as_ref().and_then(|socket| {
-        cfg.proxy_plugins.iter().find(|(_, p)| p.address.as_deref().map(Path::new) == Some(socket.as_path())).map(|(n, _)| n.clone())
-    });
+    let name = ferry.snapshotter_socket.as_deref().and_then(|socket| cfg.proxy_plugin_at(socket)).map(|(n, _)| n.clone());
     if let Some(name) = name {
         match find("io.containerd.snapshotter.v1", &name) {
             Some(p) if p.status() == "ok" => ok.push(format!("snapshotter {name:?} loaded")),

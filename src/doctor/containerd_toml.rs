@@ -114,6 +114,12 @@ impl ContainerdConfig {
         self.imports.push(path);
     }
 
+    /// The `[proxy_plugins.<name>]` whose address is `socket`: how this containerd knows the
+    /// snapshotter served there.
+    pub fn proxy_plugin_at(&self, socket: &Path) -> Option<(&String, &ProxyPlugin)> {
+        self.proxy_plugins.iter().find(|(_, p)| p.address.as_deref().map(Path::new) == Some(socket))
+    }
+
     fn plugin(&self, id: &str) -> Option<&Table> {
         self.plugins.get(id).and_then(Value::as_table)
     }

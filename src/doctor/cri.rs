@@ -46,11 +46,8 @@ pub fn evaluate(cfg: &ContainerdConfig, version: Option<Version>, ferry: &Ferry,
 
 /// The name containerd knows ferry's snapshotter by: the proxy plugin at the node's socket.
 fn snapshotter_name(cfg: &ContainerdConfig, ferry: &Ferry) -> String {
-    let socket = ferry.snapshotter_socket.as_deref();
-    cfg.proxy_plugins
-        .iter()
-        .find(|(_, p)| socket.is_some() && p.address.as_deref().map(Path::new) == socket)
-        .map_or_else(|| "ferry".to_string(), |(name, _)| name.clone())
+    let plugin = ferry.snapshotter_socket.as_deref().and_then(|socket| cfg.proxy_plugin_at(socket));
+    plugin.map_or_else(|| "ferry".to_string(), |(name, _)| name.clone())
 }
 
 fn proxy_plugin(cfg: &ContainerdConfig, ferry: &Ferry) -> Check {
@@ -70,8 +67,7 @@ fn proxy_plugin(cfg: &ContainerdConfig, ferry: &Ferry) -> Check {
         "[proxy_plugins.ferry] type = \"snapshot\" address = \"{}\" (`ferry containerd-config` prints it), then restart containerd",
         socket.display()
     );
-    let at_socket = cfg.proxy_plugins.iter().find(|(_, p)| p.address.as_deref().map(Path::new) == Some(socket.as_path()));
-    match (at_socket, declared) {
+    match (cfg.proxy_plugin_at(socket), declared) {
         (Some((name, p)), _) if p.kind.as_deref() != Some("snapshot") => Check::fail(
             NAME,
             format!("[proxy_plugins.{name}] points at the node's socket with type {:?}, not \"snapshot\"", p.kind.as_deref().unwrap_or("")),
