@@ -78,10 +78,10 @@ pub async fn run(
         swarm.clone(),
     ));
     let manifests = manifests::Manifests::new(store.clone(), metrics.clone(), settings.manifest_timeout, settings.stale_if_error);
-    let prewarm_orders = settings.prewarm.clone().map(|p| {
-        let dir = store.root().join("prewarm");
-        Arc::new(prewarm::Orders::new(p, dir, swarm.clone(), metrics.clone(), tasks.clone(), cancel.clone()))
-    });
+    let prewarm_orders = settings
+        .prewarm
+        .clone()
+        .map(|p| Arc::new(prewarm::Orders::new(p, store.clone(), swarm.clone(), metrics.clone(), tasks.clone(), cancel.clone())));
     if let Some(o) = &prewarm_orders {
         o.resume();
     }

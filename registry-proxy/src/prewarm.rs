@@ -10,18 +10,18 @@
 //!
 //! Invariants: nothing is fetched for an order that failed verification or was seen before;
 //! seen ids are on disk before an order is accepted, so a restarted node refuses replays too; the
-//! book of orders is bounded. An accepted order is kept on disk (`active/`, as it was signed)
-//! until it is done or has failed, so one cut short by a restart or `kill -9` is taken up again
+//! book of orders is bounded. An accepted order is kept on disk (as it was signed) until it is
+//! done or has failed, so one cut short by a restart or `kill -9` is taken up again
 //! when the node starts — if it still verifies then (a trusted key, this node, not expired).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use p2p_node::prewarm::order::{OperatorKey, Order, OrderProgress, OrderState, Refusal, SignedOrder};
 use p2p_node::prewarm::warm::{Warm, WarmProgress};
+use p2p_node::store::Store;
 use p2p_node::swarm::orders::{InboundOrder, OrderRequest, OrderResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
@@ -34,6 +34,10 @@ use crate::metrics::Metrics;
 
 /// Orders remembered for `status`, finished ones dropped oldest first beyond this.
 const BOOK_LIMIT: usize = 1000;
+/// The store's metadata file of the seen ids (fsynced before an order is accepted).
+const SEEN: &str = "prewarm/seen.json";
+/// The store's metadata folder of accepted orders not yet ended, one file each, as signed.
+const ACTIVE: &str = "prewarm/active";
 
 /// How this node takes prewarm orders.
 #[derive(Clone)]
@@ -100,9 +104,8 @@ pub struct Orders {
     settings: PrewarmSettings,
     swarm: Option<p2p_node::swarm::Client>,
     metrics: Arc<Metrics>,
-    seen_path: PathBuf,
-    /// Accepted orders not yet ended, one file each, as signed.
-    active_dir: PathBuf,
+    /// Where the seen ids and the accepted orders are kept ([`SEEN`], [`ACTIVE`]).
+    store: Store,
     /// Order id → when it expires; kept (on disk too) until then.
     seen: Mutex<BTreeMap<String, u64>>,
     book: Mutex<BTreeMap<String, Entry>>,
@@ -112,30 +115,27 @@ pub struct Orders {
 }
 
 impl Orders {
-    /// The orders of a node whose state lives under `dir` (seen ids in `dir/seen.json`, orders
-    /// under way in `dir/active/`).
+    /// The orders of a node whose state the store keeps (metadata files [`SEEN`] and [`ACTIVE`]).
     pub fn new(
         settings: PrewarmSettings,
-        dir: PathBuf,
+        store: Store,
         swarm: Option<p2p_node::swarm::Client>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> Orders {
-        let seen_path = dir.join("seen.json");
-        let seen = match std::fs::read(&seen_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %seen_path.display(), error = %e, "unreadable list of seen prewarm orders; starting a new one");
+        let seen = match store.read_meta(SEEN) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = SEEN, error = %e, "unreadable list of seen prewarm orders; starting a new one");
                 BTreeMap::new()
             }),
-            Err(_) => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         Orders {
             settings,
             swarm,
             metrics,
-            seen_path,
-            active_dir: dir.join("active"),
+            store,
             seen: Mutex::new(seen),
             book: Mutex::new(BTreeMap::new()),
             one_at_a_time: Arc::new(Semaphore::new(1)),
@@ -151,11 +151,16 @@ impl Orders {
     /// Takes up the orders a stopped or killed node had accepted and not ended; drops the ones
     /// that no longer verify (expired, or their key is no longer trusted).
     pub fn resume(self: &Arc<Self>) {
-        let Ok(entries) = std::fs::read_dir(&self.active_dir) else { return };
-        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let signed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<SignedOrder>(&b).map_err(|e| e.to_string()));
+        let files = self.store.list_meta(ACTIVE).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the unfinished prewarm orders");
+            Vec::new()
+        });
+        for file in files {
+            let signed = match self.store.read_meta(&file) {
+                Ok(Some(bytes)) => serde_json::from_slice::<SignedOrder>(&bytes).map_err(|e| e.to_string()),
+                Ok(None) => continue,
+                Err(e) => Err(e.to_string()),
+            };
             let checked = signed
                 .and_then(|s| s.verify(&self.settings.operator_keys, &self.settings.node_name, unix_now()).map_err(|e| e.to_string()));
             match checked {
@@ -165,24 +170,16 @@ impl Orders {
                     self.start(order);
                 }
                 Err(why) => {
-                    tracing::warn!(path = %path.display(), %why, "dropping an unfinished prewarm order");
-                    let _ = std::fs::remove_file(&path);
+                    tracing::warn!(%file, %why, "dropping an unfinished prewarm order");
+                    let _ = self.store.remove_meta(&file);
                 }
             }
         }
     }
 
     /// Where an accepted order waits for its end (named by a hash: ids are the operator's text).
-    fn active_path(&self, id: &str) -> PathBuf {
-        self.active_dir.join(format!("{}.json", p2p_node::Digest::of(id.as_bytes()).hex()))
-    }
-
-    fn keep_active(&self, signed: &SignedOrder, id: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.active_dir)?;
-        let path = self.active_path(id);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(signed)?)?;
-        std::fs::rename(&tmp, &path)
+    fn active_file(id: &str) -> String {
+        format!("{ACTIVE}/{}.json", p2p_node::Digest::of(id.as_bytes()).hex())
     }
 
     /// Checks an order for this node and, if it holds, starts carrying it out.
@@ -192,7 +189,8 @@ impl Orders {
             Ok(order) => {
                 tracing::info!(id = %order.id, image = %order.image, wave = order.wave, %from, "accepted a prewarm order");
                 self.metrics.prewarm_order("accepted");
-                if let Err(e) = self.keep_active(signed, &order.id) {
+                // Three strings: serializing cannot fail.
+                if let Err(e) = self.store.write_meta(&Self::active_file(&order.id), &serde_json::to_vec(signed).unwrap_or_default()) {
                     tracing::warn!(id = %order.id, error = %e, "cannot keep the order on disk: a restart before it ends drops it");
                 }
                 self.start(order.clone());
@@ -214,20 +212,12 @@ impl Orders {
             return Err(Refusal::Replay(order.id));
         }
         seen.insert(order.id.clone(), order.expires_at);
-        if let Err(e) = self.persist(&seen) {
+        // Ids to numbers: serializing cannot fail.
+        if let Err(e) = self.store.write_meta(SEEN, &serde_json::to_vec(&*seen).unwrap_or_default()) {
             seen.remove(&order.id);
-            return Err(Refusal::Unavailable(format!("cannot record the order as seen in {}: {e}", self.seen_path.display())));
+            return Err(Refusal::Unavailable(format!("cannot record the order as seen: {e}")));
         }
         Ok(order)
-    }
-
-    fn persist(&self, seen: &BTreeMap<String, u64>) -> std::io::Result<()> {
-        if let Some(dir) = self.seen_path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.seen_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(seen)?)?;
-        std::fs::rename(&tmp, &self.seen_path)
     }
 
     fn start(self: &Arc<Self>, order: Order) {
@@ -267,7 +257,7 @@ impl Orders {
             let secs = started.elapsed().as_secs_f64();
             // Ended, unless the node is stopping: then the next start takes it up again.
             if !this.cancel.is_cancelled() {
-                let _ = std::fs::remove_file(this.active_path(&order.id));
+                let _ = this.store.remove_meta(&Self::active_file(&order.id));
             }
             match result {
                 Ok(()) => {

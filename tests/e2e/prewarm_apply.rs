@@ -388,7 +388,7 @@ async fn an_order_cut_by_kill_9_is_taken_up_again_at_the_restart() {
     assert!(state(&node).is_some_and(|s| s.contains("done")), "{:?}\n{}", state(&node), node.log());
     assert!(holds(&node, &blobs), "the resumed order left the image incomplete");
     assert_eq!(node.metric("ferry_prewarm_orders_total", &[("outcome", "resumed")]).await, 1.0);
-    assert!(std::fs::read_dir(node.store().join("prewarm/active")).expect("ls").next().is_none(), "an ended order stays on disk");
+    assert!(std::fs::read_dir(node.store().join("meta/prewarm/active")).expect("ls").next().is_none(), "an ended order stays on disk");
 
     // Cut again, and restarted without the key that signed it: dropped, nothing more fetched.
     let second = Order { id: "resume-2".into(), image: format!("registry.local/{REPO}:src"), ..order };
@@ -398,7 +398,7 @@ async fn an_order_cut_by_kill_9_is_taken_up_again_at_the_restart() {
     node.set_extra_args(vec!["--node-name".into(), "edge-7".into(), "--operator-key".into(), other.public().to_string()]);
     node.restart().await;
     assert!(
-        std::fs::read_dir(node.store().join("prewarm/active")).expect("ls").next().is_none(),
+        std::fs::read_dir(node.store().join("meta/prewarm/active")).expect("ls").next().is_none(),
         "an order that no longer verifies is kept"
     );
     assert!(node.log().contains("dropping an unfinished prewarm order"), "{}", node.log());

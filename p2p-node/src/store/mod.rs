@@ -596,6 +596,24 @@ impl Store {
         }
     }
 
+    /// The files in `meta/<dir>`, as paths for [`Store::read_meta`] (`<dir>/<name>`), sorted;
+    /// none when the folder is absent.
+    pub fn list_meta(&self, dir: &str) -> Result<Vec<String>, Error> {
+        let path = self.meta_path(dir)?;
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", path.display()), e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     pub fn remove_meta(&self, rel: &str) -> Result<(), Error> {
         match fs::remove_file(self.meta_path(rel)?) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("removing meta/{rel}"), e)),

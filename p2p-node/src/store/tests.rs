@@ -281,7 +281,10 @@ fn meta_paths_stay_inside_the_store() {
     assert_eq!(store.read_meta("tags/reg/a/b/_tags/v1").expect("read").as_deref(), Some(&b"x"[..]));
     for bad in ["", "../x", "a/../../x", "/etc/passwd", "a//b", "./a"] {
         assert!(store.write_meta(bad, b"x").is_err(), "{bad:?}");
+        assert!(store.list_meta(bad).is_err(), "{bad:?}");
     }
+    assert_eq!(store.list_meta("tags/reg/a/b/_tags").expect("list"), ["tags/reg/a/b/_tags/v1"]);
+    assert!(store.list_meta("nothing/here").expect("list").is_empty());
 }
 
 #[test]
