@@ -295,20 +295,17 @@ impl Collector for LazyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let mounted = ConstGauge::new(i64::try_from(load(&s.mounted)).unwrap_or(i64::MAX));
-        mounted.encode(encoder.encode_descriptor(
-            "ferry_lazy_layers_mounted",
-            "Lazy layers mounted through FUSE now",
-            None,
-            mounted.metric_type(),
-        )?)?;
-        let cached = ConstGauge::new(i64::try_from(load(&s.cache_bytes)).unwrap_or(i64::MAX));
-        cached.encode(encoder.encode_descriptor(
-            "ferry_lazy_cache_bytes",
-            "Bytes the mounted lazy layers keep on local disk (verified chunks and whole files), outside the store's capacity",
-            None,
-            cached.metric_type(),
-        )?)?;
+        for (name, help, value) in [
+            ("ferry_lazy_layers_mounted", "Lazy layers mounted through FUSE now", load(&s.mounted)),
+            (
+                "ferry_lazy_cache_bytes",
+                "Bytes the mounted lazy layers keep on local disk (verified chunks and whole files), outside the store's capacity",
+                load(&s.cache_bytes),
+            ),
+        ] {
+            let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
         for (name, help, value) in [
             ("ferry_lazy_fetched_bytes", "Compressed bytes fetched for reads of lazy layers (on demand)", load(&s.bytes_fetched)),
             ("ferry_lazy_fetched_chunks", "Chunks fetched for reads of lazy layers (on demand)", load(&s.chunks_fetched)),

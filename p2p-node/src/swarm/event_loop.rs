@@ -71,7 +71,7 @@ pub(crate) struct EventLoop {
 }
 
 /// A peer's region, zone and node name, as it announces them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Announced {
     region: Option<String>,
     zone: Option<String>,
@@ -251,9 +251,8 @@ impl EventLoop {
                     .connected_peers()
                     .filter(|p| !self.bans.contains_key(p))
                     .map(|p| {
-                        let a = self.announced.get(p);
-                        let said = |f: fn(&Announced) -> &Option<String>| a.and_then(|a| f(a).clone());
-                        SitePeer { id: *p, region: said(|a| &a.region), zone: said(|a| &a.zone), name: said(|a| &a.name) }
+                        let Announced { region, zone, name } = self.announced.get(p).cloned().unwrap_or_default();
+                        SitePeer { id: *p, region, zone, name }
                     })
                     .collect();
                 let _ = reply.send(peers);
