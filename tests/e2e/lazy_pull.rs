@@ -41,18 +41,26 @@ fn convert(src: &str, dst: &str) {
     assert!(out.success, "ferry convert: {}\n{}", out.stdout, out.stderr);
 }
 
-/// `ferry pull --output json`; returns each layer's outcome.
+/// `ferry pull --output json` through `ferry`'s mirror; returns each layer's outcome.
 pub(crate) fn ferry_pull(ferry: &FerryNode, containerd: &Containerd, image: &str) -> Vec<String> {
+    pull_through(&ferry.registry_addr, containerd, image).unwrap_or_else(|e| panic!("{e}\n{}", ferry.log()))
+}
+
+/// `ferry pull --output json` through the mirror at `mirror`: each layer's outcome, or what
+/// `ferry pull` said.
+pub(crate) fn pull_through(mirror: &str, containerd: &Containerd, image: &str) -> Result<Vec<String>, String> {
     let out = run_cmd(
         Command::new(FERRY_BIN)
-            .args(["pull", image, "--registry-listen", &ferry.registry_addr, "--output", "json"])
+            .args(["pull", image, "--registry-listen", mirror, "--output", "json"])
             .arg("--address")
             .arg(containerd.socket()),
         Duration::from_secs(120),
     );
-    assert!(out.success, "ferry pull {image}: {}\n{}\n{}", out.stdout, out.stderr, ferry.log());
+    if !out.success {
+        return Err(format!("ferry pull {image}: {}\n{}", out.stdout, out.stderr));
+    }
     let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("the pull report is JSON");
-    report["layers"].as_array().expect("layers").iter().map(|l| l["outcome"].as_str().expect("outcome").to_string()).collect()
+    Ok(report["layers"].as_array().expect("layers").iter().map(|l| l["outcome"].as_str().expect("outcome").to_string()).collect())
 }
 
 pub(crate) fn run(containerd: &Containerd, image: &str, id: &str, cmd: &[&str]) -> String {

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::harness::containerd::Containerd;
 use crate::harness::ferry::FERRY_BIN;
-use crate::harness::{free_port, random_bytes, run_cmd, run_ok, sha256_hex, temp_dir};
-use crate::lazy_pull::{converted_busybox, registry_layers};
+use crate::harness::{free_port, random_bytes, run_ok, sha256_hex, temp_dir};
+use crate::lazy_pull::{converted_busybox, pull_through, registry_layers};
 
 const POD: &str = "ferry-node-pod";
 
@@ -149,15 +149,8 @@ async fn the_daemonsets_pod_serves_lazy_layers_to_the_containerd_that_runs_it() 
     // A lazy pull on the host: the snapshotter in the pod mounts the layer through FUSE, and the
     // mount shows in the host's mount namespace, where containerd runs the container on it.
     let reference = "registry.local/test/pod:chunked";
-    let out = run_cmd(
-        Command::new(FERRY_BIN)
-            .args(["pull", reference, "--registry-listen", &mirror, "--output", "json", "--address"])
-            .arg(&containerd.socket),
-        Duration::from_secs(120),
-    );
-    assert!(out.success, "ferry pull: {}\n{}\npod:\n{}", out.stdout, out.stderr, pod_log());
-    let report: Value = serde_json::from_str(&out.stdout).expect("JSON");
-    assert_eq!(report["layers"][0]["outcome"], "lazy", "{report}");
+    let outcomes = pull_through(&mirror, &containerd, reference).unwrap_or_else(|e| panic!("{e}\npod:\n{}", pod_log()));
+    assert_eq!(outcomes, ["lazy"], "the layer is mounted, not downloaded");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let prefix = store.display().to_string();
     assert!(
